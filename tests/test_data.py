@@ -57,7 +57,8 @@ def test_colour_stand_in_does_not_carry_the_label():
     clf = LogisticRegression(max_iter=2000).fit(feats[:5000], d.y[:5000].numpy())
     assert clf.score(feats[5000:], d.y[5000:].numpy()) < 0.13
     grey = data.load("fashion-mnist", "test")
-    assert torch.allclose((d.x[:, :, 2:30, 2:30] > 0.3 * 1.0 + 1e-6).float().mean(), d.x.new_tensor(0.0)) is False
+    # the garment itself is still there: the grey image is recoverable up to its colour
+    assert torch.corrcoef(torch.stack([d.x[:, :, 2:30, 2:30].mean(1).flatten(), grey.x[:, 0].flatten()]))[0, 1] > 0.5
     assert grey.y.equal(d.y), "the stand-in keeps Fashion-MNIST's labels and order"
 
 
@@ -199,8 +200,7 @@ def test_subset_has_exact_size_and_balanced_classes(n, seed):
     full = data.load("mnist5k", "test")
     sub = data.subset(full, n, seed=seed)
     assert len(sub) == n and len(set(map(tuple, sub.x.flatten(1).tolist()[:5]))) == min(5, n)
-    if n >= 100:
-        assert sub.counts().max() - sub.counts().min() <= 2
+    assert sub.counts().max() - sub.counts().min() <= 1, "mnist5k test is balanced, so is any stratified subset"
 
 
 def test_balanced_subset_and_class_sampler():

@@ -371,18 +371,25 @@ def load(name: str, split: str = "train", *, download: bool | None = None) -> Da
 
 
 def subset(data: Data, n: int, seed: int = 0, stratified: bool = True) -> Data:
-    """A random subset of ``n`` samples (stratified: class proportions kept as closely as possible)."""
+    """A random subset of ``n`` samples.
+
+    Stratified: each class gets its share of ``n`` rounded by the largest-remainder rule, so
+    class proportions are kept to within one sample; the samples of a class are drawn at random.
+    """
     if not 0 < n <= len(data):
         raise ValueError(f"subset size must be in 1..{len(data)}, got {n}")
     y = data.y.cpu().numpy()
+    rng = np.random.default_rng(seed)
     if stratified:
-        _, idx = stratified_split(y, n / len(data), seed)
-        idx = idx[:n]
-        if len(idx) < n:  # rounding per class fell short: top up at random
-            rest = np.setdiff1d(np.arange(len(y)), idx)
-            idx = np.concatenate([idx, np.random.default_rng(seed).choice(rest, n - len(idx), replace=False)])
+        classes, counts = np.unique(y, return_counts=True)
+        share = n * counts / len(y)
+        quota = np.floor(share).astype(int)
+        # largest remainders first; seeded random order breaks ties between equal remainders
+        order = np.lexsort((rng.permutation(len(classes)), -(share - quota)))
+        quota[order[: n - quota.sum()]] += 1
+        idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:q] for c, q in zip(classes, quota)])
     else:
-        idx = np.random.default_rng(seed).permutation(len(y))[:n]
+        idx = rng.permutation(len(y))[:n]
     idx = torch.from_numpy(np.sort(idx))
     return Data(data.x[idx], data.y[idx], data.classes, data.name)
 

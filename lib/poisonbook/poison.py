@@ -1,0 +1,480 @@
+"""Data poisoning attacks, one section per family.
+
+Sections (each starts with a banner comment):
+
+* Shared helpers: input checks, parameter gradients of any ``nn.Module``.
+* Indiscriminate: Gradient Canceling (Lu, Kamath & Yu, "Exploring the Limits of
+  (Model-Targeted) Indiscriminate Data Poisoning Attacks", ICML 2023): Algorithm 1
+  (:func:`gradient_canceling`), the Frank-Wolfe measure optimisation of Appendix B for
+  linear models (:func:`frank_wolfe_linear`, :func:`measure_to_poisons`), and victim
+  retraining (:func:`retrain`).
+
+Conventions: every ``loss_fn(outputs, y)`` returns the MEAN loss over the batch (like
+``torch.nn.functional.cross_entropy``'s default); tensors stay on the caller's device;
+the target model's parameters are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, NamedTuple
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from . import theory
+
+__all__ = [
+    "margin_loss_fn",
+    "parameter_gradient",
+    "mixed_gradient_norm",
+    "GCResult",
+    "gradient_canceling",
+    "FWResult",
+    "frank_wolfe_linear",
+    "measure_to_poisons",
+    "RetrainResult",
+    "retrain",
+]
+
+
+# =============================================================================
+# Shared helpers
+# =============================================================================
+
+
+def _check_xy(X, y, name: str) -> None:
+    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError(f"{name}: features and labels must be torch tensors, got "
+                         f"{type(X).__name__} and {type(y).__name__}")
+    if X.ndim < 2 or len(X) == 0:
+        raise ValueError(f"{name}: features must have shape (n, ...) with n >= 1, got {tuple(X.shape)}")
+    if not X.is_floating_point():
+        raise ValueError(f"{name}: features must be floating point, got {X.dtype}")
+    if len(y) != len(X):
+        raise ValueError(f"{name}: {len(X)} feature rows but {len(y)} labels")
+    for t, what in ((X, "features"), (y, "labels")):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{name}: {what} contain {int((~torch.isfinite(t)).sum())} non-finite value(s)")
+
+
+def _check_eps(eps_d) -> float:
+    if isinstance(eps_d, (bool, str, bytes)) or not isinstance(eps_d, numbers.Real):
+        raise ValueError(f"eps_d must be a positive finite number, got {eps_d!r}")
+    eps = float(eps_d)
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps_d must be a positive finite number, got {eps_d!r}")
+    return eps
+
+
+def _check_positive_int(v, name: str, allow_none: bool = False, allow_zero: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if allow_zero else 1):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a {kind} integer, got {v!r}")
+
+
+def margin_loss_fn(loss: str = "logistic") -> Callable:
+    """``loss_fn(outputs, y)`` for a one-logit binary model with labels in {-1, +1}.
+
+    Mean of ``l(y * f(x))`` for the margin losses of :mod:`poisonbook.theory` (``"logistic"``
+    is eq. 17 of Lu, Kamath & Yu 2023).
+    """
+    if loss not in theory.MARGIN_LOSSES:
+        raise ValueError(f"unknown margin loss {loss!r}; expected one of {theory.MARGIN_LOSSES}")
+
+    def fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return theory.margin_loss(y.to(out.dtype) * out.reshape(len(y)), loss).mean()
+
+    return fn
+
+
+class _Grad:
+    """Flattened parameter gradient of a fixed model; buffers are copied so BN stats never change."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise ValueError("loss_fn must be callable as loss_fn(outputs, y)")
+        named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("the model has no parameters that require grad")
+        self.model, self.loss_fn = model, loss_fn
+        self.names, self.params = [k for k, _ in named], [p for _, p in named]
+        self.buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+
+    def __call__(self, X, y, create_graph: bool = False) -> torch.Tensor:
+        state = {**dict(zip(self.names, self.params)), **self.buffers}
+        loss = self.loss_fn(functional_call(self.model, state, (X,)), y)
+        gs = torch.autograd.grad(loss, self.params, create_graph=create_graph, allow_unused=True)
+        gs = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, gs)]
+        flat = torch.cat([g.reshape(-1) for g in gs])
+        return flat if create_graph else flat.detach()
+
+    def mean(self, X, y, batch_size: int | None = None) -> torch.Tensor:
+        """Average gradient over all of ``(X, y)``, accumulated in mini-batches of ``batch_size``."""
+        n = len(X)
+        bs = n if batch_size is None else batch_size
+        return sum(self(X[i:i + bs], y[i:i + bs]) * (len(X[i:i + bs]) / n) for i in range(0, n, bs))
+
+
+def parameter_gradient(model: nn.Module, loss_fn: Callable, X, y,
+                       batch_size: int | None = None) -> torch.Tensor:
+    """``g(mu; w)``: the full parameter gradient of the average loss, flattened (eq. 3 of Lu et al. 2023).
+
+    Accumulated in mini-batches of ``batch_size`` (all at once when ``None``); the model is
+    called in its current mode, its parameters' ``.grad`` and its buffers are left untouched.
+    """
+    _check_xy(X, y, "parameter_gradient")
+    _check_positive_int(batch_size, "batch_size", allow_none=True)
+    return _Grad(model, loss_fn).mean(X, y, batch_size)
+
+
+def mixed_gradient_norm(model: nn.Module, loss_fn: Callable, X_clean, y_clean, X_p, y_p,
+                        batch_size: int | None = None) -> float:
+    """``||g(chi)||``: gradient norm of the average loss on clean + poisoned data (eq. 5, Lu et al. 2023).
+
+    ``g(chi) = (n g(mu) + m g(nu)) / (n + m)`` with ``n`` clean and ``m`` poisoned points, i.e.
+    ``(1 - lambda) g(mu) + lambda g(nu)`` with ``lambda = m / (n + m)``.
+    """
+    _check_xy(X_clean, y_clean, "clean data")
+    _check_xy(X_p, y_p, "poisons")
+    grad = _Grad(model, loss_fn)
+    n, m = len(X_clean), len(X_p)
+    g = grad.mean(X_clean, y_clean, batch_size) * n + grad.mean(X_p, y_p, batch_size) * m
+    return float(g.norm()) / (n + m)
+
+
+# =============================================================================
+# Indiscriminate: Gradient Canceling (Lu, Kamath & Yu, ICML 2023)
+# =============================================================================
+
+
+class GCResult(NamedTuple):
+    """Output of :func:`gradient_canceling`."""
+
+    X_p: torch.Tensor  # (m, ...) poisoned features
+    y_p: torch.Tensor  # (m,) their labels (those of the clean points they started from)
+    grad_norms: list  # ||g(chi)|| at the start of every epoch, then after the last one (epochs + 1 values)
+
+
+def _gc_init(X_clean, y_clean, m: int, init, gen: torch.Generator):
+    if init is None:  # a random sample; eps_d > 1 cycles through shuffled copies of the clean set
+        n = len(X_clean)
+        idx = torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-m // n))])[:m]
+        idx = idx.to(X_clean.device)
+        return X_clean[idx], y_clean[idx]
+    if not isinstance(init, (tuple, list)) or len(init) != 2:
+        raise ValueError("init must be a pair (X_p0, y_p0) of tensors")
+    X0, y0 = init
+    _check_xy(X0, y0, "init")
+    if len(X0) != m or X0.shape[1:] != X_clean.shape[1:]:
+        raise ValueError(f"init must hold round(eps_d * n) = {m} poisons shaped like the clean features "
+                         f"{tuple(X_clean.shape[1:])}, got {tuple(X0.shape)}")
+    return X0, y0
+
+
+def _clip_bounds(clip, X_clean):
+    if clip is None:
+        return None
+    if isinstance(clip, str):
+        if clip != "data":
+            raise ValueError(f"clip must be None, 'data' or a pair (lo, hi), got {clip!r}")
+        return X_clean.amin(0), X_clean.amax(0)
+    if not isinstance(clip, (tuple, list)) or len(clip) != 2:
+        raise ValueError(f"clip must be None, 'data' or a pair (lo, hi), got {clip!r}")
+    lo, hi = (torch.as_tensor(v, dtype=X_clean.dtype, device=X_clean.device) for v in clip)
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all() and (lo <= hi).all()):
+        raise ValueError(f"clip bounds must be finite with lo <= hi, got {clip!r}")
+    return lo, hi
+
+
+def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, eps_d, *, epochs: int = 1000,
+                       lr: float = 0.5, momentum: float = 0.9, clip=None, batch_size: int | None = None,
+                       seed: int = 0, init=None, callback: Callable | None = None) -> GCResult:
+    """Gradient Canceling attack: Algorithm 1 of Lu, Kamath & Yu (ICML 2023).
+
+    Finds ``m = round(eps_d * n)`` poisons ``z_j = (x_j, y_j)`` minimising eq. (33),
+    ``1/2 ||g(mu) + eps g(nu)||^2``, where ``g`` is the FULL parameter gradient of ``model``
+    (the target ``w``, held fixed), ``g(mu)`` the average gradient on the clean data
+    (precomputed once, in mini-batches of ``batch_size``) and ``g(nu)`` the average gradient on
+    the poisons. ``eps = m / n``, so ``g(mu) + eps g(nu)`` is exactly ``(n + m) / n`` times the
+    gradient on the mixed dataset that a victim retrains on (equal to the paper's ``eps_d``
+    whenever ``eps_d * n`` is an integer). The gradient w.r.t. all poison features is eq. (34),
+    taken by autograd through the parameter gradient (``create_graph=True``) in one batched pass.
+
+    Paper defaults (Section 5.1 and Appendix C.1): poisons start as a random ``eps_d n`` sample
+    of the clean set with their labels, only features are optimised; SGD with momentum and a
+    cosine learning-rate schedule (per epoch), initial ``lr=0.5``, ``epochs=1000``. The paper
+    does not give the momentum; ``momentum=0.9`` is our choice. Scale note: by eq. (34) the
+    step on a poison is ``lr / n`` times ``J^T r``, so small clean sets need a larger ``lr``
+    (on the 200-point OR set of Appendix C.1, ``lr=0.5`` leaves ``||g(chi)|| ~ 2e-3`` at
+    ``eps_d = 2 tau`` after 1000 epochs, ``lr=100`` reaches ``~1e-13``).
+
+    Args:
+        model: the target model (any ``nn.Module``), used in its current mode; its parameters,
+            their ``.grad`` and its buffers are not modified.
+        loss_fn: ``loss_fn(outputs, y)`` returning the mean loss over the batch.
+        X_clean, y_clean: clean training set, ``(n, ...)`` features and ``(n,)`` labels.
+        eps_d: poisoning ratio relative to the clean set (> 0; may exceed 1).
+        clip: projection onto the data domain after every step (Algorithm 1, line 6): a pair
+            ``(lo, hi)`` of floats or broadcastable tensors, or ``"data"`` for the per-feature
+            range of the clean set (the paper's "GC-c", Section 5.4).
+        batch_size: ``None`` processes all poisons in one step per epoch. Otherwise each epoch
+            visits shuffled blocks of poisons; a block's step is exact for its own points and
+            uses the other points' gradients as of the start of the epoch (a point moves, and its
+            momentum is updated, only when its block is visited).
+        init: optional ``(X_p0, y_p0)`` with ``round(eps_d * n)`` rows, replacing the random sample.
+        callback: ``callback(epoch, X_p, grad_norm)`` after every epoch; returning ``True`` stops.
+
+    Returns:
+        ``GCResult(X_p, y_p, grad_norms)``: ``grad_norms[t]`` is ``||g(chi)||`` (the gradient
+        norm on the mixed data, eq. 5 / Figures 1, 3, 7) at the start of epoch ``t``; the last
+        entry is after the final epoch.
+    """
+    _check_xy(X_clean, y_clean, "clean data")
+    eps = _check_eps(eps_d)
+    _check_positive_int(epochs, "epochs", allow_zero=True)
+    _check_positive_int(batch_size, "batch_size", allow_none=True)
+    if not (lr > 0 and math.isfinite(lr)) or not (0 <= momentum < 1):
+        raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={lr!r}, momentum={momentum!r}")
+    n = len(X_clean)
+    m = round(eps * n)
+    if m < 1:
+        raise ValueError(f"eps_d * n = {eps * n:.3g} rounds to 0 poisons; increase eps_d (n = {n})")
+    grad = _Grad(model, loss_fn)
+    gen = torch.Generator().manual_seed(seed)
+    X_p, y_p = _gc_init(X_clean, y_clean, m, init, gen)
+    bounds = _clip_bounds(clip, X_clean)
+    X_p, y_p = X_p.detach().clone(), y_p.detach().clone()
+    if bounds is not None:
+        X_p = torch.clamp(X_p, *bounds)
+
+    g_mu = grad.mean(X_clean, y_clean, batch_size)
+    bs = m if batch_size is None else min(batch_size, m)
+    velocity = torch.zeros_like(X_p)  # SGD momentum buffer, per poison (torch.optim.SGD's rule)
+    norms, scale = [], n / (n + m)
+
+    def residual():  # g(mu) + eps g(nu) at the current poisons, no graph
+        return g_mu + grad.mean(X_p, y_p, batch_size) * (m / n)
+
+    for epoch in range(epochs):
+        lr_t = 0.5 * lr * (1 + math.cos(math.pi * epoch / epochs))  # cosine schedule, per epoch
+        r = residual() if bs < m else None
+        order = torch.randperm(m, generator=gen).to(X_p.device) if bs < m else None
+        for k in range(0, m, bs):
+            idx = slice(None) if order is None else order[k:k + bs]
+            xb = X_p[idx].detach().requires_grad_(True)
+            g_b = grad(xb, y_p[idx], create_graph=True) * (len(xb) / n)
+            res = (g_mu if r is None else r - g_b.detach()) + g_b  # the other points held fixed
+            if k == 0:
+                norms.append(float((res.detach() if r is None else r).norm()) * scale)
+            (gx,) = torch.autograd.grad(0.5 * res.pow(2).sum(), xb, allow_unused=True)  # eq. (34)
+            with torch.no_grad():
+                velocity[idx] = momentum * velocity[idx] + (0 if gx is None else gx)
+                X_p[idx] = X_p[idx] - lr_t * velocity[idx]
+                if bounds is not None:  # Algorithm 1, line 6
+                    X_p[idx] = torch.clamp(X_p[idx], *bounds)
+        if callback is not None and callback(epoch, X_p.clone(), norms[-1]):
+            break
+    norms.append(float(residual().norm()) * scale)
+    return GCResult(X_p, y_p, norms)
+
+
+class FWResult(NamedTuple):
+    """Output of :func:`frank_wolfe_linear`: the measure ``nu = sum_k weights_k delta_(X_k, y_k)``."""
+
+    X: torch.Tensor  # (k, d) atoms
+    y: torch.Tensor  # (k,) their labels in {-1, +1}
+    weights: torch.Tensor  # (k,) probability masses, summing to 1
+    grad_norms: list  # ||g(chi)|| = ||g(mu) + eps_d g(nu_t)|| / (1 + eps_d) after every iteration
+
+
+def _linear_grads(w, bias, X, y, loss):
+    """Per-sample gradients ``l'(m) y (x, 1)`` of a linear margin model (eq. 10), shape (k, d[+1])."""
+    coef = theory.margin_loss_derivative(y * (X @ w + (0.0 if bias is None else bias)), loss) * y
+    G = coef[:, None] * X
+    return G if bias is None else torch.cat([G, coef[:, None]], 1)
+
+
+def _ball_lmo(r, w, bias, loss, c, R, n_grid):
+    """Solve eq. (B.5) over the ball ``||x - c|| <= R`` and both labels, for a linear model.
+
+    With ``x = c + alpha u + v`` (``u = w/||w||``, ``v`` orthogonal to ``u``) the margin depends on
+    ``alpha`` only, and the best ``v`` lies on the sphere, against the orthogonal part of ``r``;
+    so (B.5) is a 1-D problem per label, solved on a grid zoomed in three times.
+    """
+    d = len(w)
+    rw, rb = r[:d], (r[d] if bias is not None else 0.0)
+    wn = w.norm()
+    u = w / wn if wn > 0 else torch.nn.functional.one_hot(torch.tensor(0), d).to(w)
+    ru = rw @ u
+    rperp = rw - ru * u
+    rp = rperp.norm()
+    ys = torch.tensor([[1.0], [-1.0]], dtype=w.dtype, device=w.device)
+
+    def phi(alpha):  # (2, G) objective for labels +1 / -1
+        margin = ys * (w @ c + wn * alpha + (0.0 if bias is None else bias))
+        coef = ys * theory.margin_loss_derivative(margin, loss)
+        return coef * (rw @ c + alpha * ru + rb) - coef.abs() * rp * (R ** 2 - alpha ** 2).clamp(min=0).sqrt()
+
+    hi = torch.full((2, 1), R, dtype=w.dtype, device=w.device)
+    lo = -hi
+    for _ in range(4):
+        alpha = lo + (hi - lo) * torch.linspace(0, 1, n_grid, dtype=w.dtype, device=w.device)
+        k = phi(alpha).argmin(1, keepdim=True)
+        step = (hi - lo) / (n_grid - 1)
+        best = alpha.gather(1, k)
+        lo, hi = (best - step).clamp(min=-R), (best + step).clamp(max=R)
+    vals = phi(best).reshape(2)
+    j = int(vals.argmin())
+    a, yy = best[j, 0], ys[j, 0]
+    coef = yy * theory.margin_loss_derivative(yy * (w @ c + wn * a + (0.0 if bias is None else bias)), loss)
+    v = -torch.sign(coef) * (R ** 2 - a ** 2).clamp(min=0).sqrt() * (rperp / rp if rp > 0 else 0 * rperp)
+    return c + a * u + v, yy
+
+
+def frank_wolfe_linear(w, X_clean, y_clean, eps_d, *, radius: float, center=None, b=None,
+                       loss: str = "logistic", iters: int = 500, step: str = "default",
+                       n_grid: int = 2001) -> FWResult:
+    """Frank-Wolfe measure optimisation of Appendix B (Lu, Kamath & Yu 2023) for a linear model.
+
+    Solves eq. (B.1), ``min_nu 1/2 ||g(mu) + eps_d g(nu)||^2`` over all distributions ``nu`` on
+    ``Z = {||x - center|| <= radius} x {-1, +1}`` for the binary margin model
+    ``f(x) = w^T x (+ b)`` (labels in {-1, +1}, per-sample gradient ``l'(y f(x)) y (x, 1)``,
+    eq. 10; the gradient includes the bias coordinate when ``b`` is given). Each iteration
+    solves the linear minimisation (B.5) exactly up to a zoomed 1-D grid (see ``_ball_lmo``),
+    adds the new atom and rescales the masses as in (B.3): ``nu <- (1 - eta_t) nu + eta_t
+    delta_z``, with the paper's example step ``eta_t = 2 / (t + 2)`` (``step="default"``), or
+    the exact line search of the quadratic (``step="line"``, our option). After ``t``
+    iterations ``nu`` has at most ``t`` atoms. A bounded domain is needed: over all of R^d the
+    subproblem (B.5) is unbounded. Computation in float64 on ``w``'s device.
+
+    Returns ``FWResult(X, y, weights, grad_norms)``; turn the measure into a poisoning set of
+    ``round(eps_d * n)`` points with :func:`measure_to_poisons` (the resampling Appendix B
+    mentions).
+    """
+    _check_xy(X_clean, y_clean, "clean data")
+    eps = _check_eps(eps_d)
+    if loss not in theory.MARGIN_LOSSES:
+        raise ValueError(f"unknown margin loss {loss!r}; expected one of {theory.MARGIN_LOSSES}")
+    theory._check_labels(y_clean.detach().cpu().double().numpy(), loss)
+    _check_positive_int(iters, "iters")
+    if step not in ("default", "line"):
+        raise ValueError(f"step must be 'default' (2/(t+2)) or 'line', got {step!r}")
+    if not (isinstance(w, torch.Tensor) and w.ndim == 1 and X_clean.ndim == 2 and len(w) == X_clean.shape[1]):
+        raise ValueError(f"w must be a 1-D tensor of length d = X_clean.shape[1] for (n, d) features, got "
+                         f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be a positive finite number, got {radius!r}")
+    w = w.detach().double()
+    X, y = X_clean.detach().to(w), y_clean.detach().to(w)
+    c = torch.zeros_like(w) if center is None else torch.as_tensor(center).to(w).reshape(-1)
+    if c.shape != w.shape or not torch.isfinite(c).all() or not torch.isfinite(w).all():
+        raise ValueError("center must be a finite vector of length d, and w finite")
+    bias = None if b is None else float(b)
+    g_mu = _linear_grads(w, bias, X, y, loss).mean(0)
+    g_nu = torch.zeros_like(g_mu)
+    atoms, labels, weights, norms = [], [], torch.zeros(0, dtype=w.dtype, device=w.device), []
+    for t in range(iters):
+        r = g_mu + eps * g_nu
+        x, yy = _ball_lmo(r, w, bias, loss, c, float(radius), n_grid)
+        g_z = _linear_grads(w, bias, x[None], yy.reshape(1), loss)[0]
+        eta = 2.0 / (t + 2)
+        if step == "line" and t > 0:
+            dvec = eps * (g_z - g_nu)
+            eta = float((-(r @ dvec) / (dvec @ dvec)).clamp(0, 1)) if dvec @ dvec > 0 else 0.0
+        g_nu = (1 - eta) * g_nu + eta * g_z
+        weights = torch.cat([(1 - eta) * weights, weights.new_tensor([eta])])
+        atoms.append(x)
+        labels.append(yy)
+        norms.append(float((g_mu + eps * g_nu).norm()) / (1 + eps))
+    return FWResult(torch.stack(atoms), torch.stack(labels), weights, norms)
+
+
+def measure_to_poisons(X, y, weights, m: int):
+    """Turn a weighted measure (e.g. from :func:`frank_wolfe_linear`) into ``m`` poisoning points.
+
+    Appendix B of Lu, Kamath & Yu (2023) notes that an attacker must upload points, not a
+    measure, so ``nu`` has to be resampled; we round deterministically (largest remainder):
+    atom ``k`` is repeated ``floor(m w_k)`` or ``ceil(m w_k)`` times, ``m`` points in all.
+    """
+    _check_positive_int(m, "m")
+    if not (isinstance(weights, torch.Tensor) and weights.ndim == 1 and len(weights) == len(X) == len(y)):
+        raise ValueError("weights must be a 1-D tensor with one mass per atom of X and y")
+    if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError("weights must be finite, non-negative and not all zero")
+    share = weights / weights.sum() * m
+    counts = share.floor().long()
+    extra = m - int(counts.sum())
+    counts[torch.argsort(share - counts, descending=True)[:extra]] += 1
+    return X.repeat_interleave(counts, 0), y.repeat_interleave(counts, 0)
+
+
+class RetrainResult(NamedTuple):
+    """Output of :func:`retrain`."""
+
+    model: nn.Module  # the trained victim, in eval mode
+    accuracy: float  # test accuracy in [0, 1]
+    grad_norm: float  # ||g(chi)|| of the trained victim on clean + poisons
+
+
+def _accuracy(model, X, y, predict, batch_size):
+    with torch.no_grad():
+        out = torch.cat([model(X[i:i + batch_size]) for i in range(0, len(X), batch_size)])
+    if predict is not None:
+        pred = predict(out)
+        return float((pred.reshape(y.shape) == y).float().mean())
+    if out.ndim == 1 or out.shape[-1] == 1:  # one logit: sign, labels in {-1, +1} or {0, 1}
+        return float(((out.reshape(len(y)) > 0) == (y > 0)).float().mean())
+    return float((out.argmax(-1) == y).float().mean())
+
+
+def retrain(model_fn: Callable[[], nn.Module], X_clean, y_clean, X_p, y_p, X_test, y_test, *,
+            loss_fn: Callable = F.cross_entropy, epochs: int = 100, lr: float = 0.1,
+            batch_size: int | None = None, seed: int = 0, predict: Callable | None = None) -> RetrainResult:
+    """Retrain a fresh victim on clean + poisoned data and evaluate it (Section 5, Lu et al. 2023).
+
+    The paper reports accuracy "after retraining" without the recipe; ``epochs=100`` and
+    ``lr=0.1`` plain SGD are the authors' code's choice (see the book's reference facts).
+    ``model_fn()`` builds the victim (initialised under ``torch.manual_seed(seed)`` inside a
+    forked RNG, so the global RNG is untouched) and is moved to ``X_clean``'s device; training
+    is full batch when ``batch_size`` is ``None``, else shuffled mini-batches. Accuracy:
+    ``predict(outputs)`` if given, else the sign of a single logit (labels in {-1, +1} or
+    {0, 1}) or the argmax of several.
+    """
+    _check_xy(X_clean, y_clean, "clean data")
+    _check_xy(X_p, y_p, "poisons")
+    _check_xy(X_test, y_test, "test data")
+    _check_positive_int(epochs, "epochs", allow_zero=True)
+    _check_positive_int(batch_size, "batch_size", allow_none=True)
+    if X_p.shape[1:] != X_clean.shape[1:]:
+        raise ValueError(f"poisons are shaped {tuple(X_p.shape[1:])}, "
+                         f"clean features {tuple(X_clean.shape[1:])}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_fn().to(X_clean.device)
+    X = torch.cat([X_clean, X_p.detach().to(X_clean)])
+    y = torch.cat([y_clean, y_p.to(y_clean)])
+    N = len(X)
+    bs = N if batch_size is None else batch_size
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(N, generator=gen).to(X.device) if bs < N else torch.arange(N, device=X.device)
+        for k in range(0, N, bs):
+            idx = order[k:k + bs]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(X[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    acc = _accuracy(model, X_test, y_test, predict, bs)
+    gnorm = mixed_gradient_norm(model, loss_fn, X_clean, y_clean, X_p.detach().to(X_clean), y_p.to(y_clean),
+                                batch_size)
+    return RetrainResult(model, acc, gnorm)
