@@ -1,6 +1,7 @@
 # The book's two commands. Both bootstrap .venv on a fresh machine.
 #   make test                 unit + property tests of the library, every notebook under nbval (ci profile)
 #   make book [PROFILE=ci]    execute every chapter in PROFILE with papermill, build the HTML book
+#   make strip                strip outputs and widget state from the notebooks before committing
 PROFILE ?= ci
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: test book venv clean bench
+.PHONY: test book venv clean bench strip
 
 venv: $(STAMP)
 
@@ -28,6 +29,9 @@ book: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+strip: $(STAMP)
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
 clean:
 	rm -rf _build _staging .pytest_cache

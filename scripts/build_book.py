@@ -65,9 +65,10 @@ def main() -> int:
     for f, s in timings:
         print(f"  {s:7.1f} s  {f}")
 
-    cmd = ["jupyter-book", "build", str(STAGE), "--path-output", str(ROOT), "--warningiserror", "--keep-going"]
+    jb = str(Path(sys.executable).parent / "jupyter-book")  # the venv's, whatever PATH says
+    cmd = [jb, "build", str(STAGE), "--path-output", str(ROOT), "--warningiserror", "--keep-going"]
     print(" ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, cwd=ROOT, env=None, executable=str(Path(sys.executable).parent / "jupyter-book"))
+    rc = subprocess.call(cmd, cwd=ROOT)
     if rc == 0:
         print(f"book: {ROOT / '_build' / 'html' / 'index.html'}")
     return rc
