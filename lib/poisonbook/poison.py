@@ -478,3 +478,260 @@ def retrain(model_fn: Callable[[], nn.Module], X_clean, y_clean, X_p, y_p, X_tes
     gnorm = mixed_gradient_norm(model, loss_fn, X_clean, y_clean, X_p.detach().to(X_clean), y_p.to(y_clean),
                                 batch_size)
     return RetrainResult(model, acc, gnorm)
+
+
+# =============================================================================
+# Indiscriminate: parameter corruption (RandomPC, GradPC), the eps_w chooser, the
+# gradient-matching baseline with the reversed cross-entropy
+# (baselines and target-model generators of Lu, Kamath & Yu, ICML 2023)
+# =============================================================================
+
+import copy as _copy  # noqa: E402  (this section's own import, kept here to leave the header alone)
+
+__all__ += ["PCResult", "random_pc", "grad_pc", "EpsChoice", "choose_eps_w", "reversed_cross_entropy",
+            "GMResult", "gradient_matching"]
+
+
+def _check_eps_w(eps_w) -> float:
+    if isinstance(eps_w, (bool, str, bytes)) or not isinstance(eps_w, numbers.Real) \
+            or not (math.isfinite(float(eps_w)) and float(eps_w) >= 0):
+        raise ValueError(f"eps_w (relative parameter budget ||delta_w|| / ||w||) must be a finite "
+                         f"number >= 0, got {eps_w!r}")
+    return float(eps_w)
+
+
+def _trainable(model: nn.Module) -> list:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no parameters that require grad")
+    for p in params:
+        if not torch.isfinite(p).all():
+            raise ValueError("the model's parameters contain non-finite values")
+    return params
+
+
+def _flat(params) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+def _assign(params, vec: torch.Tensor) -> None:
+    with torch.no_grad():
+        k = 0
+        for p in params:
+            p.copy_(vec[k:k + p.numel()].view_as(p))
+            k += p.numel()
+
+
+class PCResult(NamedTuple):
+    """Output of :func:`random_pc` and :func:`grad_pc`."""
+
+    model: nn.Module  # a corrupted deep copy of the input model (w + delta); the input is untouched
+    delta: torch.Tensor  # flattened delta_w over the trainable parameters (in ``model.parameters()`` order)
+    radius: float  # the budget eps_w * ||w||
+    rel_norm: float  # ||delta_w|| / ||w|| actually used (== eps_w for RandomPC, <= eps_w for GradPC)
+
+
+def random_pc(model: nn.Module, eps_w, *, seed: int = 0) -> PCResult:
+    """RandomPC (Sun et al. 2020/2021), as the baseline of Lu, Kamath & Yu (2023), Appendix C.3 / Table 5.
+
+    ``delta_w`` is a standard Gaussian direction over all trainable parameters, rescaled to
+    EXACTLY ``||delta_w|| = eps_w ||w||`` (the relative budget of Section 2; Sun et al.'s code
+    adds ``eps * N(0, 1)`` per coordinate with an absolute ``eps``, we fix the norm so that
+    RandomPC and GradPC spend the same budget). ``||w||`` is the l2 norm of all trainable
+    parameters flattened (weights and biases). Drawn from ``torch.Generator().manual_seed(seed)``
+    on the CPU, then moved to the parameters' device (same seed, same delta on any device).
+    """
+    eps = _check_eps_w(eps_w)
+    net = _copy.deepcopy(model)
+    params = _trainable(net)
+    w = _flat(params)
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(w.numel(), generator=gen, dtype=torch.float64)
+    radius = eps * float(w.double().norm())
+    delta = (u / u.norm() * radius).to(w)
+    _assign(params, w + delta)
+    return PCResult(net, delta, radius, float(delta.double().norm()) / max(float(w.double().norm()), 1e-300))
+
+
+def grad_pc(model: nn.Module, loss_fn: Callable, X, y, eps_w, *, epochs: int = 1, batch_size: int = 64,
+            step: float = 0.1, seed: int = 0) -> PCResult:
+    """GradPC: gradient-based parameter corruption (Sun et al. 2020/2021), Lu et al. (2023) Section 2, C.3.
+
+    Ascends the TRAINING loss in parameter space, as in the ``GradAttacker`` of Sun et al.'s code
+    (``github.com/TobiasLee/ParamCorruption``, which Lu et al. follow, footnote 6): for each
+    shuffled mini-batch, ``delta <- delta + step * radius * g / ||g||`` with ``g`` the gradient
+    of ``loss_fn`` at ``w + delta`` (the l2-normalised gradient step), then the projection
+    ``delta <- delta * min(1, radius / ||delta||)`` onto ``||delta|| <= radius = eps_w ||w||``
+    (the RELATIVE budget of Section 2; Sun et al.'s code uses an absolute ``eps``).
+
+    Defaults: ``epochs=1`` (one epoch, as in the book's reference facts and Sun et al.'s
+    ``--epochs 1``), ``batch_size=64`` (Sun et al.'s default). ``step=0.1`` (a step of a tenth of
+    the budget) is OUR choice: Sun et al.'s ``attack_lr`` is absolute and our budget is
+    relative; with at least ~10 batches per epoch the boundary is reached, so in practice
+    ``||delta|| = radius`` up to float error. The model is used in its current mode (the
+    paper's models have no batch norm or dropout); ``X``, ``y`` must be TRAINING data (never
+    the test set, Appendix C.1): choose ``eps_w`` on validation data with :func:`choose_eps_w`.
+    """
+    eps = _check_eps_w(eps_w)
+    _check_xy(X, y, "grad_pc data")
+    _check_positive_int(epochs, "epochs", allow_zero=True)
+    _check_positive_int(batch_size, "batch_size")
+    if not callable(loss_fn):
+        raise ValueError("loss_fn must be callable as loss_fn(outputs, y)")
+    if not (isinstance(step, numbers.Real) and math.isfinite(step) and step > 0):
+        raise ValueError(f"step must be a positive finite fraction of the budget, got {step!r}")
+    net = _copy.deepcopy(model)
+    params = _trainable(net)
+    w = _flat(params)
+    radius = eps * float(w.norm())
+    delta = torch.zeros_like(w)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(X)
+    for _ in range(epochs if radius > 0 else 0):
+        order = torch.randperm(n, generator=gen).to(X.device)
+        for k in range(0, n, batch_size):
+            idx = order[k:k + batch_size]
+            loss = loss_fn(net(X[idx]), y[idx])
+            gs = torch.autograd.grad(loss, params, allow_unused=True)
+            g = torch.cat([(torch.zeros_like(p) if gi is None else gi).reshape(-1)
+                           for p, gi in zip(params, gs)])
+            gn = g.norm()
+            if not torch.isfinite(gn) or gn == 0:
+                continue
+            delta = delta + (step * radius) * g / gn
+            dn = float(delta.norm())
+            if dn > radius:
+                delta = delta * (radius / dn)
+            _assign(params, w + delta)
+    wn = float(w.norm())
+    return PCResult(net, delta, radius, float(delta.norm()) / wn if wn > 0 else 0.0)
+
+
+class EpsChoice(NamedTuple):
+    """Output of :func:`choose_eps_w`."""
+
+    eps_w: float | None  # smallest eps_w whose validation drop reaches target_drop (None if none / no target)
+    clean_val_accuracy: float
+    table: list  # [{"eps_w", "val_accuracy", "val_drop"}] for every candidate, in the given order
+    models: dict  # eps_w -> corrupted model
+
+
+def choose_eps_w(attack: Callable[[float], nn.Module], reference: nn.Module, eps_list, X_val, y_val, *,
+                 target_drop: float | None = None, predict: Callable | None = None,
+                 batch_size: int = 1024) -> EpsChoice:
+    """Pick the parameter-corruption budget ``eps_w`` on VALIDATION data only (Lu et al. 2023, Appendix C.1).
+
+    "To choose proper target parameters (specifically, eps_w), we use validation sets ...
+    The GradPC attack never sees the test set." ``attack(eps_w)`` returns the corrupted model
+    (e.g. ``lambda e: grad_pc(model, loss, X_train, y_train, e).model``: the attack itself runs
+    on training data); this function only ever evaluates on ``(X_val, y_val)`` and has no test
+    argument. Every candidate's validation accuracy and drop relative to ``reference`` (the
+    clean model) is returned. With ``target_drop`` (a fraction in (0, 1]), ``eps_w`` is the
+    smallest candidate whose validation accuracy drop is at least ``target_drop``; the paper
+    itself settles on ``eps_w = 0.5`` (``1`` for LR on MNIST) "to allow meaningful accuracy drop
+    and transition threshold tau" (Section 5.1), a judgement that trades attack strength
+    (larger drop) against a larger tau, so ``target_drop=None`` (return the table only) is the
+    default. Accuracy: ``predict(outputs)`` if given, else the argmax (or sign of one logit).
+    """
+    _check_xy(X_val, y_val, "validation data")
+    if not callable(attack):
+        raise ValueError("attack must be callable as attack(eps_w) -> corrupted nn.Module")
+    eps_list = list(eps_list)
+    if not eps_list:
+        raise ValueError("eps_list is empty; give at least one eps_w")
+    eps_list = [_check_eps_w(e) for e in eps_list]
+    if target_drop is not None and not (isinstance(target_drop, numbers.Real) and 0 < target_drop <= 1):
+        raise ValueError(f"target_drop must be a fraction in (0, 1], got {target_drop!r}")
+    clean = _accuracy(reference, X_val, y_val, predict, batch_size)
+    table, nets, chosen = [], {}, None
+    for e in eps_list:
+        net = attack(e)
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"attack({e}) must return an nn.Module, got {type(net).__name__}")
+        acc = _accuracy(net, X_val, y_val, predict, batch_size)
+        table.append({"eps_w": e, "val_accuracy": acc, "val_drop": clean - acc})
+        nets[e] = net
+    if target_drop is not None:
+        ok = [r["eps_w"] for r in table if r["val_drop"] >= target_drop]
+        chosen = min(ok) if ok else None
+    return EpsChoice(chosen, clean, table, nets)
+
+
+def reversed_cross_entropy(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Reversed cross-entropy, eq. (35) of Lu et al. (2023) (Fowl et al. 2021a), batch mean.
+
+    ``-log(1 - softmax(h)_y)``, computed stably as ``logsumexp_{k != y} h_k - logsumexp_k h_k``
+    negated. Small when the model does NOT predict the label ``y``.
+    """
+    if outputs.ndim != 2 or outputs.shape[1] < 2:
+        raise ValueError(f"reversed cross-entropy needs (n, c >= 2) logits, got {tuple(outputs.shape)}")
+    mask = F.one_hot(y.long(), outputs.shape[1]).bool()
+    other = torch.logsumexp(outputs.masked_fill(mask, float("-inf")), 1)
+    return (torch.logsumexp(outputs, 1) - other).mean()
+
+
+class GMResult(NamedTuple):
+    """Output of :func:`gradient_matching`."""
+
+    X_p: torch.Tensor  # (m, ...) poisoned features
+    y_p: torch.Tensor  # (m,) labels (those of the clean points they started from)
+    losses: list  # cosine dissimilarity 1 - cos at every step, then after the last one (steps + 1 values)
+
+
+def gradient_matching(model: nn.Module, X_clean, y_clean, eps_d, *, loss_fn: Callable = F.cross_entropy,
+                      reversed_loss_fn: Callable = reversed_cross_entropy, steps: int = 250, lr: float = 0.01,
+                      eps_x: float = 16 / 255, box=(0.0, 1.0), batch_size: int | None = None,
+                      seed: int = 0) -> GMResult:
+    """Gradient matching for indiscriminate poisoning, eq. (36) of Lu, Kamath & Yu (2023), Section 4.
+
+    ``min_nu S(grad_w J(mu; w), grad_w l(nu; w))`` with ``J`` the reversed cross-entropy (eq. 35),
+    ``S`` the cosine dissimilarity ``1 - cos`` (Geiping et al. 2021) and ``w`` the (clean)
+    ``model``, held fixed; ``grad_w J(mu; w)`` is computed once on the whole clean set (in
+    mini-batches of ``batch_size``). Poisons start as a random ``round(eps_d * n)`` sample of
+    the clean set (as GC, Section 5.1), keep their labels, and stay within ``||x - x_0||_inf <=
+    eps_x`` and the pixel box ``box`` ("within some proximity of mu"; ``eps_x=16/255`` and
+    ``steps=250`` are Geiping et al.'s defaults, ``eps_x=None`` drops the ball). Optimiser: Adam
+    with ``lr=0.01`` on the features (OUR choice; Geiping et al. use signed Adam), projecting
+    after every step. Full-batch over the poisons.
+    """
+    _check_xy(X_clean, y_clean, "clean data")
+    eps = _check_eps(eps_d)
+    _check_positive_int(steps, "steps", allow_zero=True)
+    _check_positive_int(batch_size, "batch_size", allow_none=True)
+    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if eps_x is not None and not (isinstance(eps_x, numbers.Real) and math.isfinite(eps_x) and eps_x > 0):
+        raise ValueError(f"eps_x must be None or a positive finite l_inf radius, got {eps_x!r}")
+    n = len(X_clean)
+    m = round(eps * n)
+    if m < 1:
+        raise ValueError(f"eps_d * n = {eps * n:.3g} rounds to 0 poisons; increase eps_d (n = {n})")
+    gen = torch.Generator().manual_seed(seed)
+    X0, y_p = _gc_init(X_clean, y_clean, m, None, gen)
+    X0, y_p = X0.detach().clone(), y_p.detach().clone()
+    target = _Grad(model, reversed_loss_fn).mean(X_clean, y_clean, batch_size)
+    grad = _Grad(model, loss_fn)
+    bounds = _clip_bounds(box, X_clean)
+    X_p = X0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([X_p], lr=lr)
+    losses = []
+
+    def dissim():
+        g = grad(X_p, y_p, create_graph=True)
+        return 1 - F.cosine_similarity(g, target, dim=0)
+
+    for _ in range(steps):
+        loss = dissim()
+        losses.append(loss.item())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            if eps_x is not None:
+                X_p.copy_(torch.maximum(torch.minimum(X_p, X0 + eps_x), X0 - eps_x))
+            if bounds is not None:
+                X_p.copy_(torch.clamp(X_p, *bounds))
+    losses.append(dissim().item())
+    return GMResult(X_p.detach(), y_p, losses)

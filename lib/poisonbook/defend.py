@@ -1,0 +1,375 @@
+"""Defenses against data poisoning.
+
+Sections (each starts with a banner comment):
+
+* Shared helpers: input checks, per-sample parameter gradients (``torch.func`` vmap + grad).
+* Sanitisation defenses tested against Gradient Canceling in Lu, Kamath & Yu, "Exploring the
+  Limits of (Model-Targeted) Indiscriminate Data Poisoning Attacks" (ICML 2023), Section 5.4
+  and Appendix C.10: Sever (:func:`sever`, Diakonikolas et al. 2019), influence-based removal
+  (:func:`influence_removal`, Koh & Liang 2017) and MaxUp (:func:`maxup_loss`,
+  :func:`maxup_fit`, Gong et al. 2021).
+
+Conventions (as in :mod:`poisonbook.poison`): every ``loss_fn(outputs, y)`` returns the MEAN
+loss over the batch; per-sample losses are obtained by vmapping it over single samples; tensors
+stay on the caller's device; models are used in their current mode and never modified, except
+by the training function :func:`maxup_fit`, which trains the model it is given in place.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, NamedTuple
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+__all__ = ["per_sample_gradients", "per_sample_losses", "SeverResult", "sever_scores", "sever",
+           "InfluenceResult", "influence_scores", "influence_removal", "maxup_loss", "maxup_fit"]
+
+
+# =============================================================================
+# Shared helpers
+# =============================================================================
+
+
+def _check_xy(X, y, name: str) -> None:
+    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError(f"{name}: features and labels must be torch tensors, got "
+                         f"{type(X).__name__} and {type(y).__name__}")
+    if X.ndim < 2 or len(X) == 0:
+        raise ValueError(f"{name}: features must have shape (n, ...) with n >= 1, got {tuple(X.shape)}")
+    if not X.is_floating_point():
+        raise ValueError(f"{name}: features must be floating point, got {X.dtype}")
+    if y.ndim < 1 or len(y) != len(X):
+        raise ValueError(f"{name}: {len(X)} feature rows but labels of shape {tuple(y.shape)}")
+    for t, what in ((X, "features"), (y, "labels")):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{name}: {what} contain {int((~torch.isfinite(t)).sum())} non-finite value(s)")
+
+
+def _check_frac(v, name: str, allow_zero: bool = True) -> float:
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+    if not ok or not ((0 <= float(v) if allow_zero else 0 < float(v)) and float(v) < 1):
+        raise ValueError(f"{name} must be a fraction in {'[0' if allow_zero else '(0'}, 1), got {v!r}")
+    return float(v)
+
+
+def _check_int(v, name: str, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _split_params(model: nn.Module, param_names):
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    named = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+    if param_names is None:
+        chosen = dict(named)
+    else:
+        names = [param_names] if isinstance(param_names, str) else list(param_names)
+        unknown = [k for k in names if k not in named]
+        if unknown or not names:
+            raise ValueError(f"param_names {unknown or names} not among the model's trainable parameters "
+                             f"{list(named)}")
+        chosen = {k: named[k] for k in names}
+    if not chosen:
+        raise ValueError("the model has no parameters that require grad")
+    fixed = {k: p for k, p in named.items() if k not in chosen}
+    fixed.update({k: b.detach() for k, b in model.named_buffers()})
+    return chosen, fixed
+
+
+def _per_sample_loss_fn(model, loss_fn, fixed):
+    def f(params, x, t):  # loss of ONE sample, as a 0-d tensor
+        out = functional_call(model, {**fixed, **params}, (x.unsqueeze(0),))
+        return loss_fn(out, t.unsqueeze(0))
+    return f
+
+
+def per_sample_gradients(model: nn.Module, loss_fn: Callable, X, y, *, param_names=None,
+                         batch_size: int = 256) -> torch.Tensor:
+    """Per-sample parameter gradients ``G`` (N, P), flattened, by ``torch.func.vmap(grad(...))``.
+
+    Row ``i`` is ``grad_w loss_fn(model(x_i), y_i)``; ``param_names`` restricts ``w`` to some
+    parameters (e.g. the last layer, as Koh & Liang 2017 do for Inception), in
+    ``model.named_parameters()`` order. Processed in chunks of ``batch_size`` samples.
+    """
+    _check_xy(X, y, "per_sample_gradients")
+    _check_int(batch_size, "batch_size")
+    if not callable(loss_fn):
+        raise ValueError("loss_fn must be callable as loss_fn(outputs, y)")
+    params, fixed = _split_params(model, param_names)
+    g = vmap(grad(_per_sample_loss_fn(model, loss_fn, fixed)), in_dims=(None, 0, 0))
+    rows = []
+    for i in range(0, len(X), batch_size):
+        gs = g(params, X[i:i + batch_size], y[i:i + batch_size])
+        rows.append(torch.cat([gs[k].reshape(len(gs[k]), -1) for k in params], 1))
+    return torch.cat(rows)
+
+
+def per_sample_losses(model: nn.Module, loss_fn: Callable, outputs: torch.Tensor,
+                      y: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` losses ``loss_fn(outputs[i:i+1], y[i:i+1])`` in one vmapped call (``model`` unused)."""
+    return vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(outputs, y)
+
+
+# =============================================================================
+# Sever (Diakonikolas, Kamath, Kane, Li, Steinhardt & Stewart, ICML 2019)
+# =============================================================================
+
+
+class SeverResult(NamedTuple):
+    """Output of :func:`sever`."""
+
+    keep: torch.Tensor  # (N,) bool, True for the points that survive
+    removed: torch.Tensor  # (k,) indices removed, round by round, highest score first within a round
+    scores: torch.Tensor  # (N,) outlier scores of the last round (NaN for points removed earlier)
+
+
+def sever_scores(model: nn.Module, loss_fn: Callable, X, y, *, squared: bool = False, param_names=None,
+                 batch_size: int = 256) -> torch.Tensor:
+    """Sever outlier scores: Diakonikolas et al. (2019), Algorithm 1/2; Lu et al. (2023) Section 5.4.
+
+    ``G`` = per-sample gradients at ``model`` (:func:`per_sample_gradients`), centred by their
+    mean; ``v`` = top right singular vector of the centred ``G``; score ``|<g_i - mean, v>|``
+    (``squared=True``: its square, Sever's ``tau_i``; same ranking). The singular vector comes
+    from an eigendecomposition (float64) of the smaller of ``G G^T`` (N x N) and ``G^T G``
+    (P x P), so ``G`` must fit in memory: restrict ``param_names`` for big networks.
+    """
+    G = per_sample_gradients(model, loss_fn, X, y, param_names=param_names, batch_size=batch_size).double()
+    Gc = G - G.mean(0, keepdim=True)
+    N, P = Gc.shape
+    if N <= P:
+        evals, evecs = torch.linalg.eigh(Gc @ Gc.T)
+        proj = evecs[:, -1] * evals[-1].clamp(min=0).sqrt()  # G_c v = sigma u
+    else:
+        evals, evecs = torch.linalg.eigh(Gc.T @ Gc)
+        proj = Gc @ evecs[:, -1]
+    s = proj.pow(2) if squared else proj.abs()
+    return s.to(X.dtype)
+
+
+def sever(model: nn.Module, loss_fn: Callable, X, y, remove_frac, *, iterations: int = 1,
+          refit: Callable | None = None, squared: bool = False, param_names=None,
+          batch_size: int = 256) -> SeverResult:
+    """Sever defense: remove the ``remove_frac`` share of ``(X, y)`` with the largest outlier scores.
+
+    Lu, Kamath & Yu (2023), Section 5.4 / Appendix C.10: Sever "removes eps_d training points
+    with the highest outlier scores, defined using the top singular value in the matrix of
+    gradients"; so the default is ONE round (``iterations=1``) at the given ``model`` (the
+    victim trained on the poisoned data). ``remove_frac`` is a fraction of the points passed in
+    (the paper's "eps_d training points" is ambiguous between eps_d of the mixed set and
+    eps_d * n clean-set sizes: pass ``eps_d * n / (n + m)`` for the latter).
+    Diakonikolas et al.'s Sever alternates fitting and filtering: with ``iterations = r > 1``
+    each round removes ``remove_frac / r`` of the ORIGINAL points (scores recomputed on the
+    survivors) and ``refit(X_keep, y_keep) -> nn.Module`` retrains the model between rounds
+    (required then). Scores: :func:`sever_scores` (absolute projection by default; ``squared``
+    gives Sever's ``tau_i``, with the same ranking).
+    """
+    _check_xy(X, y, "sever data")
+    frac = _check_frac(remove_frac, "remove_frac")
+    _check_int(iterations, "iterations")
+    if iterations > 1 and not callable(refit):
+        raise ValueError("iterations > 1 needs refit(X_keep, y_keep) -> nn.Module to retrain between rounds")
+    N = len(X)
+    keep = torch.ones(N, dtype=torch.bool, device=X.device)
+    removed = []
+    scores = torch.full((N,), float("nan"), dtype=X.dtype, device=X.device)
+    net = model
+    for r in range(iterations):
+        if r > 0:
+            net = refit(X[keep], y[keep])
+        idx = keep.nonzero().squeeze(1)
+        s = sever_scores(net, loss_fn, X[idx], y[idx], squared=squared, param_names=param_names,
+                         batch_size=batch_size)
+        scores = torch.full((N,), float("nan"), dtype=X.dtype, device=X.device)
+        scores[idx] = s
+        k = round(frac * N * (r + 1) / iterations) - sum(len(t) for t in removed)
+        k = max(0, min(k, len(idx) - 1))
+        top = idx[torch.argsort(s, descending=True, stable=True)[:k]]
+        keep[top] = False
+        removed.append(top)
+    return SeverResult(keep, torch.cat(removed), scores)
+
+
+# =============================================================================
+# Influence-based removal (Koh & Liang, ICML 2017)
+# =============================================================================
+
+
+class InfluenceResult(NamedTuple):
+    """Output of :func:`influence_removal`."""
+
+    keep: torch.Tensor  # (N,) bool
+    removed: torch.Tensor  # (k,) indices removed, highest score first
+    scores: torch.Tensor  # (N,) influence scores (see influence_scores)
+
+
+def _hessian(model, loss_fn, params, fixed, X, y, batch_size):
+    """Exact Hessian (P x P) of the mean loss over ``(X, y)`` w.r.t. the flattened ``params``."""
+    names = list(params)
+    shapes = [params[k].shape for k in names]
+    sizes = [params[k].numel() for k in names]
+    flat0 = torch.cat([params[k].reshape(-1) for k in names])
+
+    def unflat(v):
+        return {k: t.reshape(s) for k, t, s in zip(names, torch.split(v, sizes), shapes)}
+
+    n = len(X)
+
+    def mean_loss(v):
+        def part(i):
+            out = functional_call(model, {**fixed, **unflat(v)}, (X[i:i + batch_size],))
+            return loss_fn(out, y[i:i + batch_size]) * (len(X[i:i + batch_size]) / n)
+
+        return sum(part(i) for i in range(0, n, batch_size))
+
+    return torch.autograd.functional.hessian(mean_loss, flat0, vectorize=True)
+
+
+def influence_scores(model: nn.Module, loss_fn: Callable, X, y, *, X_ref=None, y_ref=None,
+                     damping: float = 0.01, param_names=None, batch_size: int = 256) -> torch.Tensor:
+    """Influence-function scores of every training point (Koh & Liang 2017, eqs. 2-3).
+
+    ``I_up,loss(z, z') = -grad l(z')^T H^{-1} grad l(z)`` with ``H`` the Hessian of the mean
+    training loss over ``(X, y)`` at ``model`` (exact, via autograd, over the parameters in
+    ``param_names``; damped by ``damping * I``, 0.01 being OUR default, needed because
+    ``H`` of a softmax model is singular along the class-shift direction).
+
+    * Without a reference set (default): the self-influence magnitude
+      ``g_i^T (H + damping I)^{-1} g_i = -I_up,loss(z_i, z_i)`` (Koh & Liang 2017, Section 5.4,
+      used there to find mislabelled training points): the larger, the more suspicious.
+    * With ``X_ref, y_ref`` (clean validation data): ``I_up,loss(z_i, ref) = -g_ref^T H^{-1} g_i``,
+      how much upweighting ``z_i`` would INCREASE the reference loss; the larger, the more harmful.
+
+    ``H`` is ``P x P``: for networks, restrict ``param_names`` (e.g. the last layer, as Koh & Liang
+    do for Inception).
+    """
+    _check_xy(X, y, "influence data")
+    if not (isinstance(damping, numbers.Real) and math.isfinite(damping) and damping >= 0):
+        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+    if (X_ref is None) != (y_ref is None):
+        raise ValueError("give both X_ref and y_ref, or neither")
+    params, fixed = _split_params(model, param_names)
+    G = per_sample_gradients(model, loss_fn, X, y, param_names=param_names, batch_size=batch_size).double()
+    H = _hessian(model, loss_fn, params, fixed, X, y, batch_size).double()
+    H = H + damping * torch.eye(len(H), dtype=H.dtype, device=H.device)
+    L, info = torch.linalg.cholesky_ex(H)
+    if int(info) != 0:
+        raise ValueError("the damped Hessian is not positive definite (the model is not at a minimum?); "
+                         "increase damping")
+    if X_ref is None:
+        HinvG = torch.cholesky_solve(G.T, L)  # (P, N)
+        s = (G.T * HinvG).sum(0)
+    else:
+        _check_xy(X_ref, y_ref, "influence reference data")
+        g_ref = per_sample_gradients(model, loss_fn, X_ref, y_ref, param_names=param_names,
+                                     batch_size=batch_size).double().mean(0)
+        s = G @ torch.cholesky_solve(g_ref[:, None], L).squeeze(1)
+        s = -s  # I_up,loss(z_i, ref) = -g_ref^T H^{-1} g_i
+    return s.to(X.dtype)
+
+
+def influence_removal(model: nn.Module, loss_fn: Callable, X, y, remove_frac, *, X_ref=None, y_ref=None,
+                      damping: float = 0.01, param_names=None, batch_size: int = 256) -> InfluenceResult:
+    """Influence defense: remove the ``remove_frac`` share of points with the highest influence scores.
+
+    Lu, Kamath & Yu (2023), Appendix C.10: the "Influence defense (Koh and Liang 2017) removes
+    eps_d suspicious points according to higher influence functions". The paper does not say
+    influence ON WHAT; the default is the self-influence of Koh & Liang's Section 5.4 (no clean
+    data needed), ``X_ref, y_ref`` switches to the influence on a clean reference (validation)
+    loss. See :func:`influence_scores`; ``remove_frac`` as in :func:`sever`. One round.
+    """
+    frac = _check_frac(remove_frac, "remove_frac")
+    s = influence_scores(model, loss_fn, X, y, X_ref=X_ref, y_ref=y_ref, damping=damping,
+                         param_names=param_names, batch_size=batch_size)
+    N = len(X)
+    k = max(0, min(round(frac * N), N - 1))
+    removed = torch.argsort(s, descending=True, stable=True)[:k]
+    keep = torch.ones(N, dtype=torch.bool, device=X.device)
+    keep[removed] = False
+    return InfluenceResult(keep, removed, s)
+
+
+# =============================================================================
+# MaxUp (Gong, Ren, Ye & Liu, CVPR 2021)
+# =============================================================================
+
+
+def _noise_augment(sigma: float, clamp):
+    def aug(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+        out = x + sigma * noise
+        return out if clamp is None else out.clamp(*clamp)
+    return aug
+
+
+def maxup_loss(model: nn.Module, loss_fn: Callable, x, y, *, m: int = 4, augment: Callable | None = None,
+               sigma: float = 0.1, clamp=(0.0, 1.0), include_clean: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """MaxUp loss (Gong et al. 2021, eq. 2): ``mean_i max_{j<=m} l(model(x_ij'), y_i)``.
+
+    Each sample gets ``m`` random augmentations ``x_ij' = augment(x_i, generator)`` (all ``m``
+    copies of the batch in ONE forward pass); the loss is the worst (largest) per-sample loss,
+    averaged over the batch. Lu et al. (2023, Appendix C.10) describe MaxUp as "generates a set
+    of augmented data with random perturbations", so the default ``augment`` adds Gaussian noise
+    of std ``sigma`` and clamps to ``clamp`` (pixel range; ``None`` for none). ``m = 4`` is Gong
+    et al.'s usual choice; ``sigma = 0.1`` is OURS (not given in either paper).
+    ``include_clean=True`` adds the un-augmented sample to the candidates (then the MaxUp loss
+    is never below the plain loss; Gong et al. do not include it). ``augment(x, generator)``
+    receives the whole (m*B, ...) batch. Differentiable: use it as a training loss.
+    """
+    _check_xy(x, y, "maxup batch")
+    _check_int(m, "m")
+    if augment is None:
+        if not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+        augment = _noise_augment(float(sigma), clamp)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    B = len(x)
+    xa = augment(x.repeat(m, *([1] * (x.ndim - 1))), gen)
+    if xa.shape != (m * B, *x.shape[1:]):
+        raise ValueError(f"augment must keep the batch shape {(m * B, *x.shape[1:])}, got {tuple(xa.shape)}")
+    ya = y.repeat(m, *([1] * (y.ndim - 1)))
+    if include_clean:
+        xa, ya = torch.cat([x, xa]), torch.cat([y, ya])
+    losses = per_sample_losses(model, loss_fn, model(xa), ya).reshape(-1, B)  # (m[+1], B)
+    return losses.max(0).values.mean()
+
+
+def maxup_fit(model: nn.Module, X, y, *, loss_fn: Callable, epochs: int, lr: float, batch_size: int = 128,
+              momentum: float = 0.9, m: int = 4, augment: Callable | None = None, sigma: float = 0.1,
+              clamp=(0.0, 1.0), seed: int = 0) -> list:
+    """Train ``model`` in place with the MaxUp loss (:func:`maxup_loss`), SGD with momentum, shuffled batches.
+
+    The MaxUp defense of Lu et al. (2023), Appendix C.10: the victim minimises the worst-case
+    loss over ``m`` random augmentations per sample. The recipe (SGD, ``momentum=0.9``,
+    constant ``lr``) is ours; the paper gives none. All randomness from one generator seeded
+    with ``seed``. Returns the mean MaxUp loss of every epoch; the model ends in eval mode.
+    """
+    _check_xy(X, y, "maxup_fit data")
+    _check_int(epochs, "epochs", lo=0)
+    _check_int(batch_size, "batch_size")
+    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum)
+    gen = torch.Generator().manual_seed(seed)
+    history, n = [], len(X)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen).to(X.device)
+        total = 0.0
+        for k in range(0, n, batch_size):
+            idx = order[k:k + batch_size]
+            loss = maxup_loss(model, loss_fn, X[idx], y[idx], m=m, augment=augment, sigma=sigma, clamp=clamp,
+                              generator=gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        history.append(total / n)
+    model.eval()
+    return history
