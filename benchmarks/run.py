@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -22,6 +23,16 @@ sys.path.insert(0, str(HERE))
 from poisonbook.cache import atomic_write_text  # noqa: E402
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
     names = sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
     ap = argparse.ArgumentParser(description=__doc__)
@@ -31,7 +42,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     device = torch.device(args.device)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     for name in args.names or names:
         module = importlib.import_module(f"bench_{name}")
         timings = module.run(device, args.repeats)
