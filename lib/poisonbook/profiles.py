@@ -151,8 +151,10 @@ EXPERIMENTS.update({
 # method's dict is not run; DSA uses dc's). `random` is the same-size random real subset. Eval protocol of the
 # papers: SGD lr 0.01, momentum 0.9, wd 5e-4, lr x0.1 at half the epochs, batch 256; DC 300 epochs without
 # augmentation, DSA/DM (and here the random subset) 1,000 with DSA augmentation. cpu sizes were chosen from timings
-# of short runs on the 2 shared CPU cores at width 32 (s/iteration on Fashion-MNIST: DM 0.9 / 1.4 at ipc 1 / 10,
-# DC 1.8 at ipc 1, about 40 at ipc 10; width 128 was 5-20x slower), to stay well under 60 minutes.
+# of short runs on the 2 shared CPU cores at width 32 with one torch thread (s/iteration on Fashion-MNIST, another
+# job on the other core: DM 1.6, DC/DSA 2.8 at ipc 1 and about 90 at ipc 10; one evaluation network at ipc 10
+# 0.12 s/epoch; width 128 was 5-20x slower), to stay well under 60 minutes. `threads`: torch threads on CPU (two
+# threads on a shared 2-core machine were 1.4-4x slower than one; None keeps torch's default).
 _C10_ALL = ["random", "dc", "dsa", "dm"]
 EXPERIMENTS.update({
     "condensation": {
@@ -162,19 +164,19 @@ EXPERIMENTS.update({
         "ci": dict(plan=[dict(dataset="digits", ipcs=[1, 10], methods=_C10_ALL,
                               iterations={"dm": {1: 60, 10: 60}, "dc": {1: 20, 10: 1}})],
                    width=32, depth=2, batch_real=64, test_size=None, eval_models=2, eval_epochs_dc=100,
-                   eval_epochs_dsa=100, checkpoint=False),
+                   eval_epochs_dsa=100, checkpoint=False, threads=1),
         "cpu": dict(plan=[dict(dataset="fashion-mnist", ipcs=[1, 10], methods=_C10_ALL,
-                               iterations={"dm": {1: 200, 10: 200}, "dc": {1: 50, 10: 3}}),
+                               iterations={"dm": {1: 150, 10: 150}, "dc": {1: 40, 10: 2}}),
                           dict(dataset="mnist5k", ipcs=[1, 10], methods=_C10_ALL,
-                               iterations={"dm": {1: 100, 10: 100}, "dc": {1: 30}})],
-                    width=32, depth=3, batch_real=256, test_size=2000, eval_models=3, eval_epochs_dc=300,
-                    eval_epochs_dsa=300, checkpoint=True),
+                               iterations={"dm": {1: 60, 10: 60}, "dc": {1: 20}})],
+                    width=32, depth=3, batch_real=256, test_size=2000, eval_models=3, eval_epochs_dc=200,
+                    eval_epochs_dsa=200, checkpoint=True, threads=1),
         "paper": dict(plan=[dict(dataset=d, ipcs=[1, 10, 50], methods=_C10_ALL,
                                  iterations={"dm": {1: 20_000, 10: 20_000, 50: 20_000},
                                              "dc": {1: 1_000, 10: 1_000, 50: 1_000}})
                             for d in ("fashion-mnist", "mnist", "cifar10")],
                       width=128, depth=3, batch_real=256, test_size=None, eval_models=20, eval_epochs_dc=300,
-                      eval_epochs_dsa=1000, checkpoint=True),
+                      eval_epochs_dsa=1000, checkpoint=True, threads=None),
     },
 })
 
