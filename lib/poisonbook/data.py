@@ -49,6 +49,8 @@ __all__ = [
     "ClassSampler",
     "colourise",
     "read_idx",
+    "check_images",
+    "check_features",
 ]
 
 SPLITS = ("train", "val", "train+val", "test")
@@ -114,6 +116,27 @@ def check_images(x: torch.Tensor, y: torch.Tensor | None = None, where: str = "i
             raise ValueError(f"{where}: {len(x)} images but labels of shape {tuple(y.shape)}")
         if y.dtype not in (torch.int64, torch.int32) or (len(y) and int(y.min()) < 0):
             raise ValueError(f"{where}: labels must be non-negative integers, got dtype {y.dtype}")
+
+
+def check_features(x: torch.Tensor, y: torch.Tensor, where: str = "data") -> None:
+    """Raise ``ValueError`` unless ``x`` is a finite float (n, ...) tensor with n >= 1 and ``y`` holds n finite labels.
+
+    The looser sibling of :func:`check_images` for feature vectors of any shape (the attacks and
+    defences of Part III work on 2-D synthetic data as well as on images).
+    """
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError(f"{where}: features and labels must be torch tensors, got "
+                         f"{type(x).__name__} and {type(y).__name__}")
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"{where}: features must have shape (n, ...) with n >= 1, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{where}: features must be floating point, got {x.dtype}")
+    if y.ndim < 1 or len(y) != len(x):
+        raise ValueError(f"{where}: {len(x)} feature rows but {len(y) if y.ndim else 0} labels "
+                         f"(labels of shape {tuple(y.shape)})")
+    for t, what in ((x, "features"), (y, "labels")):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{where}: {what} contain {int((~torch.isfinite(t)).sum())} non-finite value(s)")
 
 
 def data_root() -> Path:

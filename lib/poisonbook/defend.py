@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from .data import check_features
+
 __all__ = ["per_sample_gradients", "per_sample_losses", "SeverResult", "sever_scores", "sever",
            "InfluenceResult", "influence_scores", "influence_removal", "maxup_loss", "maxup_fit"]
 
@@ -32,21 +34,6 @@ __all__ = ["per_sample_gradients", "per_sample_losses", "SeverResult", "sever_sc
 # =============================================================================
 # Shared helpers
 # =============================================================================
-
-
-def _check_xy(X, y, name: str) -> None:
-    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise ValueError(f"{name}: features and labels must be torch tensors, got "
-                         f"{type(X).__name__} and {type(y).__name__}")
-    if X.ndim < 2 or len(X) == 0:
-        raise ValueError(f"{name}: features must have shape (n, ...) with n >= 1, got {tuple(X.shape)}")
-    if not X.is_floating_point():
-        raise ValueError(f"{name}: features must be floating point, got {X.dtype}")
-    if y.ndim < 1 or len(y) != len(X):
-        raise ValueError(f"{name}: {len(X)} feature rows but labels of shape {tuple(y.shape)}")
-    for t, what in ((X, "features"), (y, "labels")):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"{name}: {what} contain {int((~torch.isfinite(t)).sum())} non-finite value(s)")
 
 
 def _check_frac(v, name: str, allow_zero: bool = True) -> float:
@@ -97,7 +84,7 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable, X, y, *, param_nam
     parameters (e.g. the last layer, as Koh & Liang 2017 do for Inception), in
     ``model.named_parameters()`` order. Processed in chunks of ``batch_size`` samples.
     """
-    _check_xy(X, y, "per_sample_gradients")
+    check_features(X, y, "per_sample_gradients")
     _check_int(batch_size, "batch_size")
     if not callable(loss_fn):
         raise ValueError("loss_fn must be callable as loss_fn(outputs, y)")
@@ -169,7 +156,7 @@ def sever(model: nn.Module, loss_fn: Callable, X, y, remove_frac, *, iterations:
     (required then). Scores: :func:`sever_scores` (absolute projection by default; ``squared``
     gives Sever's ``tau_i``, with the same ranking).
     """
-    _check_xy(X, y, "sever data")
+    check_features(X, y, "sever data")
     frac = _check_frac(remove_frac, "remove_frac")
     _check_int(iterations, "iterations")
     if iterations > 1 and not callable(refit):
@@ -248,7 +235,7 @@ def influence_scores(model: nn.Module, loss_fn: Callable, X, y, *, X_ref=None, y
     ``H`` is ``P x P``: for networks, restrict ``param_names`` (e.g. the last layer, as Koh & Liang
     do for Inception).
     """
-    _check_xy(X, y, "influence data")
+    check_features(X, y, "influence data")
     if not (isinstance(damping, numbers.Real) and math.isfinite(damping) and damping >= 0):
         raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
     if (X_ref is None) != (y_ref is None):
@@ -265,7 +252,7 @@ def influence_scores(model: nn.Module, loss_fn: Callable, X, y, *, X_ref=None, y
         HinvG = torch.cholesky_solve(G.T, L)  # (P, N)
         s = (G.T * HinvG).sum(0)
     else:
-        _check_xy(X_ref, y_ref, "influence reference data")
+        check_features(X_ref, y_ref, "influence reference data")
         g_ref = per_sample_gradients(model, loss_fn, X_ref, y_ref, param_names=param_names,
                                      batch_size=batch_size).double().mean(0)
         s = G @ torch.cholesky_solve(g_ref[:, None], L).squeeze(1)
@@ -322,7 +309,7 @@ def maxup_loss(model: nn.Module, loss_fn: Callable, x, y, *, m: int = 4, augment
     is never below the plain loss; Gong et al. do not include it). ``augment(x, generator)``
     receives the whole (m*B, ...) batch. Differentiable: use it as a training loss.
     """
-    _check_xy(x, y, "maxup batch")
+    check_features(x, y, "maxup batch")
     _check_int(m, "m")
     if augment is None:
         if not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma >= 0):
@@ -350,7 +337,7 @@ def maxup_fit(model: nn.Module, X, y, *, loss_fn: Callable, epochs: int, lr: flo
     constant ``lr``) is ours; the paper gives none. All randomness from one generator seeded
     with ``seed``. Returns the mean MaxUp loss of every epoch; the model ends in eval mode.
     """
-    _check_xy(X, y, "maxup_fit data")
+    check_features(X, y, "maxup_fit data")
     _check_int(epochs, "epochs", lo=0)
     _check_int(batch_size, "batch_size")
     if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):

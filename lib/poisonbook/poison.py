@@ -26,6 +26,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from . import theory
+from .data import check_features
 
 __all__ = [
     "margin_loss_fn",
@@ -44,21 +45,6 @@ __all__ = [
 # =============================================================================
 # Shared helpers
 # =============================================================================
-
-
-def _check_xy(X, y, name: str) -> None:
-    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise ValueError(f"{name}: features and labels must be torch tensors, got "
-                         f"{type(X).__name__} and {type(y).__name__}")
-    if X.ndim < 2 or len(X) == 0:
-        raise ValueError(f"{name}: features must have shape (n, ...) with n >= 1, got {tuple(X.shape)}")
-    if not X.is_floating_point():
-        raise ValueError(f"{name}: features must be floating point, got {X.dtype}")
-    if len(y) != len(X):
-        raise ValueError(f"{name}: {len(X)} feature rows but {len(y)} labels")
-    for t, what in ((X, "features"), (y, "labels")):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"{name}: {what} contain {int((~torch.isfinite(t)).sum())} non-finite value(s)")
 
 
 def _check_eps(eps_d) -> float:
@@ -130,7 +116,7 @@ def parameter_gradient(model: nn.Module, loss_fn: Callable, X, y,
     Accumulated in mini-batches of ``batch_size`` (all at once when ``None``); the model is
     called in its current mode, its parameters' ``.grad`` and its buffers are left untouched.
     """
-    _check_xy(X, y, "parameter_gradient")
+    check_features(X, y, "parameter_gradient")
     _check_positive_int(batch_size, "batch_size", allow_none=True)
     return _Grad(model, loss_fn).mean(X, y, batch_size)
 
@@ -142,8 +128,8 @@ def mixed_gradient_norm(model: nn.Module, loss_fn: Callable, X_clean, y_clean, X
     ``g(chi) = (n g(mu) + m g(nu)) / (n + m)`` with ``n`` clean and ``m`` poisoned points, i.e.
     ``(1 - lambda) g(mu) + lambda g(nu)`` with ``lambda = m / (n + m)``.
     """
-    _check_xy(X_clean, y_clean, "clean data")
-    _check_xy(X_p, y_p, "poisons")
+    check_features(X_clean, y_clean, "clean data")
+    check_features(X_p, y_p, "poisons")
     grad = _Grad(model, loss_fn)
     n, m = len(X_clean), len(X_p)
     g = grad.mean(X_clean, y_clean, batch_size) * n + grad.mean(X_p, y_p, batch_size) * m
@@ -172,7 +158,7 @@ def _gc_init(X_clean, y_clean, m: int, init, gen: torch.Generator):
     if not isinstance(init, (tuple, list)) or len(init) != 2:
         raise ValueError("init must be a pair (X_p0, y_p0) of tensors")
     X0, y0 = init
-    _check_xy(X0, y0, "init")
+    check_features(X0, y0, "init")
     if len(X0) != m or X0.shape[1:] != X_clean.shape[1:]:
         raise ValueError(f"init must hold round(eps_d * n) = {m} poisons shaped like the clean features "
                          f"{tuple(X_clean.shape[1:])}, got {tuple(X0.shape)}")
@@ -237,7 +223,7 @@ def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, ep
         norm on the mixed data, eq. 5 / Figures 1, 3, 7) at the start of epoch ``t``; the last
         entry is after the final epoch.
     """
-    _check_xy(X_clean, y_clean, "clean data")
+    check_features(X_clean, y_clean, "clean data")
     eps = _check_eps(eps_d)
     _check_positive_int(epochs, "epochs", allow_zero=True)
     _check_positive_int(batch_size, "batch_size", allow_none=True)
@@ -359,7 +345,7 @@ def frank_wolfe_linear(w, X_clean, y_clean, eps_d, *, radius: float, center=None
     ``round(eps_d * n)`` points with :func:`measure_to_poisons` (the resampling Appendix B
     mentions).
     """
-    _check_xy(X_clean, y_clean, "clean data")
+    check_features(X_clean, y_clean, "clean data")
     eps = _check_eps(eps_d)
     if loss not in theory.MARGIN_LOSSES:
         raise ValueError(f"unknown margin loss {loss!r}; expected one of {theory.MARGIN_LOSSES}")
@@ -448,9 +434,9 @@ def retrain(model_fn: Callable[[], nn.Module], X_clean, y_clean, X_p, y_p, X_tes
     ``predict(outputs)`` if given, else the sign of a single logit (labels in {-1, +1} or
     {0, 1}) or the argmax of several.
     """
-    _check_xy(X_clean, y_clean, "clean data")
-    _check_xy(X_p, y_p, "poisons")
-    _check_xy(X_test, y_test, "test data")
+    check_features(X_clean, y_clean, "clean data")
+    check_features(X_p, y_p, "poisons")
+    check_features(X_test, y_test, "test data")
     _check_positive_int(epochs, "epochs", allow_zero=True)
     _check_positive_int(batch_size, "batch_size", allow_none=True)
     if X_p.shape[1:] != X_clean.shape[1:]:
@@ -575,7 +561,7 @@ def grad_pc(model: nn.Module, loss_fn: Callable, X, y, eps_w, *, epochs: int = 1
     the test set, Appendix C.1): choose ``eps_w`` on validation data with :func:`choose_eps_w`.
     """
     eps = _check_eps_w(eps_w)
-    _check_xy(X, y, "grad_pc data")
+    check_features(X, y, "grad_pc data")
     _check_positive_int(epochs, "epochs", allow_zero=True)
     _check_positive_int(batch_size, "batch_size")
     if not callable(loss_fn):
@@ -635,7 +621,7 @@ def choose_eps_w(attack: Callable[[float], nn.Module], reference: nn.Module, eps
     (larger drop) against a larger tau, so ``target_drop=None`` (return the table only) is the
     default. Accuracy: ``predict(outputs)`` if given, else the argmax (or sign of one logit).
     """
-    _check_xy(X_val, y_val, "validation data")
+    check_features(X_val, y_val, "validation data")
     if not callable(attack):
         raise ValueError("attack must be callable as attack(eps_w) -> corrupted nn.Module")
     eps_list = list(eps_list)
@@ -696,7 +682,7 @@ def gradient_matching(model: nn.Module, X_clean, y_clean, eps_d, *, loss_fn: Cal
     with ``lr=0.01`` on the features (OUR choice; Geiping et al. use signed Adam), projecting
     after every step. Full-batch over the poisons.
     """
-    _check_xy(X_clean, y_clean, "clean data")
+    check_features(X_clean, y_clean, "clean data")
     eps = _check_eps(eps_d)
     _check_positive_int(steps, "steps", allow_zero=True)
     _check_positive_int(batch_size, "batch_size", allow_none=True)
@@ -842,8 +828,8 @@ def tgda(model: nn.Module, X_clean, y_clean, X_val, y_val, eps_d, *, loss_fn: Ca
         ``TGDAResult(X_p, y_p, model, val_losses)``; ``val_losses`` holds the leader objective
         ``L(w_t)`` before every iteration and once at the end (``epochs + 1`` values unless stopped).
     """
-    _check_xy(X_clean, y_clean, "clean data")
-    _check_xy(X_val, y_val, "validation data")
+    check_features(X_clean, y_clean, "clean data")
+    check_features(X_val, y_val, "validation data")
     eps = _check_eps(eps_d)
     for v, name in ((epochs, "epochs"), (cg_iters, "cg_iters"), (follower_steps, "follower_steps")):
         _check_positive_int(v, name, allow_zero=True)
