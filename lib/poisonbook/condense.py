@@ -347,6 +347,30 @@ def _init_images(xs_std, sampler, ipc, classes, init, gen, shape, device):
     return xs_std(idx)
 
 
+def _start(x, mean, std, sampler, ipc, classes, init, seed, lr, momentum, ckpt):
+    """Shared start of DM and DC: the run's generator, the initial synthetic images (standardised,
+    requiring grad) with their SGD optimiser, and the loss history; all restored from ``ckpt`` when
+    it holds a saved state. Returns ``(real_std, gen, syn, opt, history, seconds, start_iteration)``
+    where ``real_std(idx)`` gives standardised real images."""
+    device = x.device
+
+    def real_std(idx):
+        return (x[idx.to(device)] - mean) / std
+
+    gen = torch.Generator().manual_seed(seed)
+    syn = _init_images(real_std, sampler, ipc, classes, init, gen, tuple(x.shape[1:]), device)
+    syn = syn.detach().clone().requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=lr, momentum=momentum)
+    history, seconds, start = [], 0.0, 0
+    if ckpt is not None and (state := ckpt.load()) is not None:
+        with torch.no_grad():
+            syn.copy_(state["images"].to(device))
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        history, seconds, start = state["loss"], state["seconds"], state["iteration"]
+    return real_std, gen, syn, opt, history, seconds, start
+
+
 def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> list:
     return [len(x), list(x.shape[1:]), round(float(x.double().sum()), 4), int(y.sum())]
 
@@ -433,23 +457,10 @@ def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, 
                   classes=classes, seed=seed, data=_fingerprint(x, y))
     ckpt = _make_checkpoint(checkpoint, config, checkpoint_every)
 
-    def real_std(idx):
-        return (x[idx.to(device)] - mean) / std
-
-    gen = torch.Generator().manual_seed(seed)
-    syn = _init_images(real_std, sampler, ipc, classes, init, gen, tuple(x.shape[1:]), device)
-    syn = syn.detach().clone()
-    syn.requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=lr, momentum=momentum)
+    real_std, gen, syn, opt, history, seconds, start = _start(x, mean, std, sampler, ipc, classes, init, seed,
+                                                              lr, momentum, ckpt)
     y_real = torch.arange(classes, device=device).repeat_interleave(batch_real)
     y_syn = torch.arange(classes, device=device).repeat_interleave(ipc)
-    history, seconds, start = [], 0.0, 0
-    if ckpt is not None and (state := ckpt.load()) is not None:
-        with torch.no_grad():
-            syn.copy_(state["images"].to(device))
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        history, seconds, start = state["loss"], state["seconds"], state["iteration"]
 
     for it in _progress(range(start, iterations), progress, iterations, "DM"):
         t0 = time.perf_counter()
@@ -551,22 +562,9 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
                   classes=classes, seed=seed, data=_fingerprint(x, y))
     ckpt = _make_checkpoint(checkpoint, config, checkpoint_every)
 
-    def real_std(idx):
-        return (x[idx.to(device)] - mean) / std
-
-    gen = torch.Generator().manual_seed(seed)
-    syn = _init_images(real_std, sampler, ipc, classes, init, gen, tuple(x.shape[1:]), device)
-    syn = syn.detach().clone()
-    syn.requires_grad_(True)
-    opt_img = torch.optim.SGD([syn], lr=lr_img, momentum=momentum)
+    real_std, gen, syn, opt_img, history, seconds, start = _start(x, mean, std, sampler, ipc, classes, init,
+                                                                  seed, lr_img, momentum, ckpt)
     y_syn = torch.arange(classes, device=device).repeat_interleave(ipc)
-    history, seconds, start = [], 0.0, 0
-    if ckpt is not None and (state := ckpt.load()) is not None:
-        with torch.no_grad():
-            syn.copy_(state["images"].to(device))
-        opt_img.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        history, seconds, start = state["loss"], state["seconds"], state["iteration"]
 
     for it in _progress(range(start, iterations), progress, iterations, method.upper()):
         t0 = time.perf_counter()
