@@ -371,6 +371,12 @@ def _start(x, mean, std, sampler, ipc, classes, init, seed, lr, momentum, ckpt):
     return real_std, gen, syn, opt, history, seconds, start
 
 
+def _save(ckpt, syn, opt, gen, history, seconds, iteration) -> None:
+    """The state :func:`_start` restores."""
+    ckpt.save({"images": syn.detach().cpu(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+               "loss": history, "seconds": seconds, "iteration": iteration})
+
+
 def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> list:
     return [len(x), list(x.shape[1:]), round(float(x.double().sum()), 4), int(y.sum())]
 
@@ -486,9 +492,7 @@ def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, 
         history.append(_finite(loss, it, "DM"))
         seconds += time.perf_counter() - t0
         if ckpt is not None and ckpt.due(it, iterations - 1):
-            ckpt.save({"images": syn.detach().cpu(), "optimizer": opt.state_dict(),
-                       "generator": gen.get_state(), "loss": history, "seconds": seconds,
-                       "iteration": it + 1})
+            _save(ckpt, syn, opt, gen, history, seconds, it + 1)
         if callback is not None:
             callback(it, syn.detach(), history[-1])
 
@@ -610,9 +614,7 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
         history.append(total / outer_loop)
         seconds += time.perf_counter() - t0
         if ckpt is not None and ckpt.due(it, iterations - 1):
-            ckpt.save({"images": syn.detach().cpu(), "optimizer": opt_img.state_dict(),
-                       "generator": gen.get_state(), "loss": history, "seconds": seconds,
-                       "iteration": it + 1})
+            _save(ckpt, syn, opt_img, gen, history, seconds, it + 1)
         if callback is not None:
             callback(it, syn.detach(), history[-1])
 

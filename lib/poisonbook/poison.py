@@ -47,15 +47,6 @@ __all__ = [
 # =============================================================================
 
 
-def _check_eps(eps_d) -> float:
-    if isinstance(eps_d, (bool, str, bytes)) or not isinstance(eps_d, numbers.Real):
-        raise ValueError(f"eps_d must be a positive finite number, got {eps_d!r}")
-    eps = float(eps_d)
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps_d must be a positive finite number, got {eps_d!r}")
-    return eps
-
-
 def _check_positive_int(v, name: str, allow_none: bool = False, allow_zero: bool = False) -> None:
     if v is None and allow_none:
         return
@@ -224,7 +215,7 @@ def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, ep
         entry is after the final epoch.
     """
     check_features(X_clean, y_clean, "clean data")
-    eps = _check_eps(eps_d)
+    eps = theory.check_eps_d(eps_d)
     _check_positive_int(epochs, "epochs", allow_zero=True)
     _check_positive_int(batch_size, "batch_size", allow_none=True)
     if not (lr > 0 and math.isfinite(lr)) or not (0 <= momentum < 1):
@@ -346,7 +337,7 @@ def frank_wolfe_linear(w, X_clean, y_clean, eps_d, *, radius: float, center=None
     mentions).
     """
     check_features(X_clean, y_clean, "clean data")
-    eps = _check_eps(eps_d)
+    eps = theory.check_eps_d(eps_d)
     if loss not in theory.MARGIN_LOSSES:
         raise ValueError(f"unknown margin loss {loss!r}; expected one of {theory.MARGIN_LOSSES}")
     theory._check_labels(y_clean.detach().cpu().double().numpy(), loss)
@@ -683,7 +674,7 @@ def gradient_matching(model: nn.Module, X_clean, y_clean, eps_d, *, loss_fn: Cal
     after every step. Full-batch over the poisons.
     """
     check_features(X_clean, y_clean, "clean data")
-    eps = _check_eps(eps_d)
+    eps = theory.check_eps_d(eps_d)
     _check_positive_int(steps, "steps", allow_zero=True)
     _check_positive_int(batch_size, "batch_size", allow_none=True)
     if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
@@ -830,7 +821,7 @@ def tgda(model: nn.Module, X_clean, y_clean, X_val, y_val, eps_d, *, loss_fn: Ca
     """
     check_features(X_clean, y_clean, "clean data")
     check_features(X_val, y_val, "validation data")
-    eps = _check_eps(eps_d)
+    eps = theory.check_eps_d(eps_d)
     for v, name in ((epochs, "epochs"), (cg_iters, "cg_iters"), (follower_steps, "follower_steps")):
         _check_positive_int(v, name, allow_zero=True)
     _check_positive_int(batch_size, "batch_size", allow_none=True)

@@ -214,7 +214,8 @@ def _array(a, name: str) -> np.ndarray:
     return a
 
 
-def _check_eps(eps_d) -> float:
+def check_eps_d(eps_d) -> float:
+    """``eps_d`` as a float; ``ValueError`` unless it is a positive finite real number."""
     if isinstance(eps_d, (bool, str, bytes)) or not isinstance(eps_d, numbers.Real):
         raise ValueError(f"eps_d must be a positive finite number, got {eps_d!r}")
     eps = float(eps_d)
@@ -434,7 +435,7 @@ def mixed_gradient_lower_bound(w, X, y, eps_d, loss: str = "logistic") -> float:
     ||w||``. Positive exactly when ``eps_d < tau`` (the gap GC cannot close, Figures 1, 3, 7).
     For cross-entropy the trace bound of eq. (A.8) with the true ``c`` is used.
     """
-    eps = _check_eps(eps_d)
+    eps = check_eps_d(eps_d)
     w, X, y = _linear_inputs(w, X, y, loss)
     s = clean_inner_product(w, X, y, loss)
     a, b = interval_endpoints(loss, c=w.shape[-1] if loss == "cross_entropy" else None)
@@ -488,7 +489,7 @@ def theorem2_poisons(w, X, y, eps_d, loss: str = "logistic", n_copies: int = 1) 
     """
     if loss not in MARGIN_LOSSES:
         raise ValueError(f"theorem2_poisons supports the binary margin losses {MARGIN_LOSSES}, got {loss!r}")
-    eps = _check_eps(eps_d)
+    eps = check_eps_d(eps_d)
     if isinstance(n_copies, bool) or not isinstance(n_copies, (int, np.integer)) or n_copies < 1:
         raise ValueError(f"n_copies must be a positive integer, got {n_copies!r}")
     w, X, y = _linear_inputs(w, X, y, loss)
