@@ -93,6 +93,14 @@ class _Grad:
         flat = torch.cat([g.reshape(-1) for g in gs])
         return flat if create_graph else flat.detach()
 
+    def outputs(self, X) -> torch.Tensor:
+        """Model outputs at the fixed parameters and copied buffers, without a graph."""
+        with torch.no_grad():
+            return functional_call(self.model, {**dict(zip(self.names, self.params)), **self.buffers}, (X,))
+
+    def flat_params(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
+
     def mean(self, X, y, batch_size: int | None = None) -> torch.Tensor:
         """Average gradient over all of ``(X, y)``, accumulated in mini-batches of ``batch_size``."""
         n = len(X)
@@ -112,19 +120,28 @@ def parameter_gradient(model: nn.Module, loss_fn: Callable, X, y,
     return _Grad(model, loss_fn).mean(X, y, batch_size)
 
 
+def _check_weight_decay(weight_decay) -> float:
+    if not (isinstance(weight_decay, numbers.Real) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    return float(weight_decay)
+
+
 def mixed_gradient_norm(model: nn.Module, loss_fn: Callable, X_clean, y_clean, X_p, y_p,
-                        batch_size: int | None = None) -> float:
+                        batch_size: int | None = None, weight_decay: float = 0.0) -> float:
     """``||g(chi)||``: gradient norm of the average loss on clean + poisoned data (eq. 5, Lu et al. 2023).
 
     ``g(chi) = (n g(mu) + m g(nu)) / (n + m)`` with ``n`` clean and ``m`` poisoned points, i.e.
-    ``(1 - lambda) g(mu) + lambda g(nu)`` with ``lambda = m / (n + m)``.
+    ``(1 - lambda) g(mu) + lambda g(nu)`` with ``lambda = m / (n + m)``. With ``weight_decay``
+    ``> 0`` the victim's objective has the L2 term ``weight_decay / 2 ||w||^2`` and its gradient
+    ``weight_decay * w`` is added.
     """
     check_features(X_clean, y_clean, "clean data")
     check_features(X_p, y_p, "poisons")
+    lam = _check_weight_decay(weight_decay)
     grad = _Grad(model, loss_fn)
     n, m = len(X_clean), len(X_p)
-    g = grad.mean(X_clean, y_clean, batch_size) * n + grad.mean(X_p, y_p, batch_size) * m
-    return float(g.norm()) / (n + m)
+    g = (grad.mean(X_clean, y_clean, batch_size) * n + grad.mean(X_p, y_p, batch_size) * m) / (n + m)
+    return float((g + lam * grad.flat_params()).norm())
 
 
 # =============================================================================
@@ -136,7 +153,7 @@ class GCResult(NamedTuple):
     """Output of :func:`gradient_canceling`."""
 
     X_p: torch.Tensor  # (m, ...) poisoned features
-    y_p: torch.Tensor  # (m,) their labels (those of the clean points they started from)
+    y_p: torch.Tensor  # (m,) their labels: the starting clean points' (or the target's, labels="target")
     grad_norms: list  # ||g(chi)|| at the start of every epoch, then after the last one (epochs + 1 values)
 
 
@@ -171,8 +188,22 @@ def _clip_bounds(clip, X_clean):
     return lo, hi
 
 
+def _gc_labels(grad: "_Grad", X_p, y_clean):
+    """Poison labels for ``labels="target"``: the target model's prediction at each starting point."""
+    out = grad.outputs(X_p)
+    if out.ndim == 1 or out.shape[-1] == 1:  # one logit: its sign, in the clean labels' convention
+        neg = -1 if bool((y_clean < 0).any()) else 0
+        return torch.where(out.reshape(len(X_p)) > 0, 1, neg).to(y_clean.dtype)
+    return out.argmax(-1).to(y_clean.dtype)
+
+
+_GC_OPTIMIZERS, _GC_LABELS = ("sgd", "adam"), ("clean", "target")
+_ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
+
+
 def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, eps_d, *, epochs: int = 1000,
-                       lr: float = 0.5, momentum: float = 0.9, clip=None, batch_size: int | None = None,
+                       lr: float = 0.5, momentum: float = 0.9, optimizer: str = "sgd", labels: str = "clean",
+                       weight_decay: float = 0.0, clip=None, batch_size: int | None = None,
                        seed: int = 0, init=None, callback: Callable | None = None) -> GCResult:
     """Gradient Canceling attack: Algorithm 1 of Lu, Kamath & Yu (ICML 2023).
 
@@ -193,6 +224,23 @@ def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, ep
     (on the 200-point OR set of Appendix C.1, ``lr=0.5`` leaves ``||g(chi)|| ~ 2e-3`` at
     ``eps_d = 2 tau`` after 1000 epochs, ``lr=100`` reaches ``~1e-13``).
 
+    Options beyond Algorithm 1 (defaults reproduce it):
+
+    * ``optimizer="adam"``: Adam (torch's defaults, betas 0.9/0.999) on the features, one state per
+      poison, same cosine schedule. Its steps do not scale with ``1/n``, so ``lr`` is in input units
+      (0.01-0.1 for pixels in [0, 1]). Measured on LR targets (digits, MNIST-5k, eps_d = 1): after
+      60-1000 epochs it ends 1.4-5x lower in ``||g(chi)||`` than the best of SGD's lr 50-200, and
+      40x lower on the reachable target of the tests (``weight_decay`` 0.01, 1000 epochs).
+    * ``labels="target"``: each poison takes the target's predicted label at its starting point
+      (``argmax``, or the sign of a single logit) instead of the clean point's. The theory lets
+      ``nu`` choose labels (Section 3), and with ``y = argmax h`` a poison's term
+      ``<h, p - e_y>`` of the threshold (eq. 28) is negative, i.e. it works towards canceling.
+    * ``weight_decay``: the victim's objective has ``weight_decay / 2 ||w||^2`` (torch's
+      ``weight_decay``); GC then cancels ``g(mu) + eps g(nu) + (1 + eps) weight_decay w``, the
+      gradient of that objective at ``w`` times ``(n + m) / n``. The objective is then strongly
+      convex for convex models, and a victim trained to its minimum lies within
+      ``||g(chi)|| / weight_decay`` of the target.
+
     Args:
         model: the target model (any ``nn.Module``), used in its current mode; its parameters,
             their ``.grad`` and its buffers are not modified.
@@ -205,14 +253,14 @@ def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, ep
         batch_size: ``None`` processes all poisons in one step per epoch. Otherwise each epoch
             visits shuffled blocks of poisons; a block's step is exact for its own points and
             uses the other points' gradients as of the start of the epoch (a point moves, and its
-            momentum is updated, only when its block is visited).
+            optimiser state is updated, only when its block is visited).
         init: optional ``(X_p0, y_p0)`` with ``round(eps_d * n)`` rows, replacing the random sample.
         callback: ``callback(epoch, X_p, grad_norm)`` after every epoch; returning ``True`` stops.
 
     Returns:
         ``GCResult(X_p, y_p, grad_norms)``: ``grad_norms[t]`` is ``||g(chi)||`` (the gradient
-        norm on the mixed data, eq. 5 / Figures 1, 3, 7) at the start of epoch ``t``; the last
-        entry is after the final epoch.
+        norm on the mixed data, eq. 5 / Figures 1, 3, 7, plus ``weight_decay * w``) at the start
+        of epoch ``t``; the last entry is after the final epoch.
     """
     check_features(X_clean, y_clean, "clean data")
     eps = theory.check_eps_d(eps_d)
@@ -220,6 +268,10 @@ def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, ep
     _check_positive_int(batch_size, "batch_size", allow_none=True)
     if not (lr > 0 and math.isfinite(lr)) or not (0 <= momentum < 1):
         raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={lr!r}, momentum={momentum!r}")
+    if optimizer not in _GC_OPTIMIZERS or labels not in _GC_LABELS:
+        raise ValueError(f"optimizer must be one of {_GC_OPTIMIZERS} and labels one of {_GC_LABELS}, "
+                         f"got optimizer={optimizer!r}, labels={labels!r}")
+    lam = _check_weight_decay(weight_decay)
     n = len(X_clean)
     m = round(eps * n)
     if m < 1:
@@ -231,14 +283,26 @@ def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, ep
     X_p, y_p = X_p.detach().clone(), y_p.detach().clone()
     if bounds is not None:
         X_p = torch.clamp(X_p, *bounds)
+    if labels == "target":
+        y_p = _gc_labels(grad, X_p, y_clean)
 
-    g_mu = grad.mean(X_clean, y_clean, batch_size)
+    g_mu = grad.mean(X_clean, y_clean, batch_size) + (1 + m / n) * lam * grad.flat_params()
     bs = m if batch_size is None else min(batch_size, m)
-    velocity = torch.zeros_like(X_p)  # SGD momentum buffer, per poison (torch.optim.SGD's rule)
+    # optimiser state, one row per poison: SGD momentum buffer (torch.optim.SGD's rule) or Adam's moments
+    state = [torch.zeros_like(X_p) for _ in range(1 if optimizer == "sgd" else 2)]
     norms, scale = [], n / (n + m)
 
     def residual():  # g(mu) + eps g(nu) at the current poisons, no graph
         return g_mu + grad.mean(X_p, y_p, batch_size) * (m / n)
+
+    def step(idx, gx, lr_t, t):  # one optimiser step on the rows idx; t = 1-based step count
+        if optimizer == "sgd":
+            state[0][idx] = momentum * state[0][idx] + gx
+            return lr_t * state[0][idx]
+        (b1, b2), (m1, m2) = _ADAM_BETAS, state
+        m1[idx] = b1 * m1[idx] + (1 - b1) * gx
+        m2[idx] = b2 * m2[idx] + (1 - b2) * gx * gx
+        return lr_t * (m1[idx] / (1 - b1 ** t)) / ((m2[idx] / (1 - b2 ** t)).sqrt() + _ADAM_EPS)
 
     for epoch in range(epochs):
         lr_t = 0.5 * lr * (1 + math.cos(math.pi * epoch / epochs))  # cosine schedule, per epoch
@@ -253,8 +317,7 @@ def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, ep
                 norms.append(float((res.detach() if r is None else r).norm()) * scale)
             (gx,) = torch.autograd.grad(0.5 * res.pow(2).sum(), xb, allow_unused=True)  # eq. (34)
             with torch.no_grad():
-                velocity[idx] = momentum * velocity[idx] + (0 if gx is None else gx)
-                X_p[idx] = X_p[idx] - lr_t * velocity[idx]
+                X_p[idx] = X_p[idx] - step(idx, torch.zeros_like(xb) if gx is None else gx, lr_t, epoch + 1)
                 if bounds is not None:  # Algorithm 1, line 6
                     X_p[idx] = torch.clamp(X_p[idx], *bounds)
         if callback is not None and callback(epoch, X_p.clone(), norms[-1]):
@@ -412,9 +475,26 @@ def _accuracy(model, X, y, predict, batch_size):
     return float((out.argmax(-1) == y).float().mean())
 
 
+def _lbfgs(model: nn.Module, loss_fn: Callable, X, y, iters: int, lr: float, weight_decay: float) -> None:
+    """Full-batch L-BFGS on ``loss_fn + weight_decay / 2 ||w||^2`` until convergence or ``iters`` iterations."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.LBFGS(params, lr=lr, max_iter=max(iters, 1), tolerance_grad=1e-10, tolerance_change=1e-16,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(X), y) + 0.5 * weight_decay * sum(p.pow(2).sum() for p in params)
+        loss.backward()
+        return loss
+
+    if iters > 0:
+        opt.step(closure)
+
+
 def retrain(model_fn: Callable[[], nn.Module], X_clean, y_clean, X_p, y_p, X_test, y_test, *,
             loss_fn: Callable = F.cross_entropy, epochs: int = 100, lr: float = 0.1,
-            batch_size: int | None = None, seed: int = 0, predict: Callable | None = None) -> RetrainResult:
+            batch_size: int | None = None, seed: int = 0, predict: Callable | None = None,
+            optimizer: str = "sgd", weight_decay: float = 0.0) -> RetrainResult:
     """Retrain a fresh victim on clean + poisoned data and evaluate it (Section 5, Lu et al. 2023).
 
     The paper reports accuracy "after retraining" without the recipe; ``epochs=100`` and
@@ -424,6 +504,11 @@ def retrain(model_fn: Callable[[], nn.Module], X_clean, y_clean, X_p, y_p, X_tes
     is full batch when ``batch_size`` is ``None``, else shuffled mini-batches. Accuracy:
     ``predict(outputs)`` if given, else the sign of a single logit (labels in {-1, +1} or
     {0, 1}) or the argmax of several.
+
+    ``optimizer="lbfgs"`` trains to convergence instead (full batch, ``epochs`` L-BFGS iterations
+    with a strong-Wolfe line search, ``lr`` its initial step): the victim the theory speaks of, the
+    minimiser of its training objective. ``weight_decay`` adds ``weight_decay / 2 ||w||^2`` to that
+    objective (both optimisers) and its gradient to the returned ``grad_norm``.
     """
     check_features(X_clean, y_clean, "clean data")
     check_features(X_p, y_p, "poisons")
@@ -433,6 +518,11 @@ def retrain(model_fn: Callable[[], nn.Module], X_clean, y_clean, X_p, y_p, X_tes
     if X_p.shape[1:] != X_clean.shape[1:]:
         raise ValueError(f"poisons are shaped {tuple(X_p.shape[1:])}, "
                          f"clean features {tuple(X_clean.shape[1:])}")
+    if optimizer not in ("sgd", "lbfgs"):
+        raise ValueError(f"optimizer must be 'sgd' or 'lbfgs', got {optimizer!r}")
+    if optimizer == "lbfgs" and batch_size is not None:
+        raise ValueError("optimizer='lbfgs' trains full batch; leave batch_size=None")
+    lam = _check_weight_decay(weight_decay)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_fn().to(X_clean.device)
@@ -440,20 +530,23 @@ def retrain(model_fn: Callable[[], nn.Module], X_clean, y_clean, X_p, y_p, X_tes
     y = torch.cat([y_clean, y_p.to(y_clean)])
     N = len(X)
     bs = N if batch_size is None else batch_size
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        order = torch.randperm(N, generator=gen).to(X.device) if bs < N else torch.arange(N, device=X.device)
-        for k in range(0, N, bs):
-            idx = order[k:k + bs]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(X[idx]), y[idx]).backward()
-            opt.step()
+    if optimizer == "lbfgs":
+        _lbfgs(model, loss_fn, X, y, epochs, lr, lam)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=lam)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            order = torch.randperm(N, generator=gen).to(X.device) if bs < N else torch.arange(N, device=X.device)
+            for k in range(0, N, bs):
+                idx = order[k:k + bs]
+                opt.zero_grad(set_to_none=True)
+                loss_fn(model(X[idx]), y[idx]).backward()
+                opt.step()
     model.eval()
     acc = _accuracy(model, X_test, y_test, predict, bs)
     gnorm = mixed_gradient_norm(model, loss_fn, X_clean, y_clean, X_p.detach().to(X_clean), y_p.to(y_clean),
-                                batch_size)
+                                batch_size, weight_decay=lam)
     return RetrainResult(model, acc, gnorm)
 
 
