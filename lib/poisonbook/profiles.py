@@ -99,6 +99,10 @@ def _gc31(name, dataset, model, n_train, epochs, gc_lr, gc_epochs, parts, *, hid
                 sever_params=sever_params, influence=influence, fig3_eps_w=list(fig3_eps_w))
 
 
+def _reach31(dataset, n):  # the reachable-target experiment: LR, L2 weight decay, GC with Adam, L-BFGS victims
+    return dict(dataset=dataset, n=n, weight_decay=0.01, gc_epochs=1000, adam_lr=0.03, lbfgs_iters=1000)
+
+
 _EPSW31 = [0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.5, 1.0]
 _ALL31 = ["pc", "gc", "tgda", "gm", "fig3", "defenses", "table9", "images"]
 _TAU31 = {"lr": 1.15, "mlp": 2.48, "cnn": 0.98, "resnet18": 1.29, "resnet34": 1.08}
@@ -108,8 +112,8 @@ EXPERIMENTS.update({
         "common": dict(eps_d_list=[0.03, 0.1, 1.0],
                        gradpc_step=0.1, gradpc_batch=64, gc_momentum=0.9, victim_lr=0.1, victim_batch=64,
                        tgda_leader_lr=0.05, tgda_cg_iters=10, tgda_damping=0.01, gm_lr=0.01, gm_eps_x=16 / 255,
-                       maxup_m=4, maxup_sigma=0.1, images=8),
-        "ci": dict(eps_w_list=[0.01, 0.1, 0.5, 1.0], runs=2, tgda_epochs=3, tgda_hessian_batch=64, gm_steps=5, tau_max=3.0, settings=[
+                       maxup_m=4, maxup_sigma=0.1, images=8, gcplus_lr=0.03),
+        "ci": dict(reach=_reach31("digits", 400), eps_w_list=[0.01, 0.1, 0.5, 1.0], runs=2, tgda_epochs=3, tgda_hessian_batch=64, gm_steps=5, tau_max=3.0, settings=[
             _gc31("mnist-lr", "mnist5k", "lr", 100, 5, 50.0, 10, _ALL31, n_val=100, n_test=200,
                   tau_paper=_TAU31["lr"], influence=False, fig3_eps_w=(0.01, 0.1)),
             _gc31("mnist-nn", "mnist5k", "mlp", 60, 5, 50.0, 10, ["gc", "defenses"], hidden=16, n_val=100,
@@ -117,7 +121,7 @@ EXPERIMENTS.update({
             _gc31("mnist-cnn", "mnist5k", "cnn", 20, 1, 10.0, 2, ["pc", "gc"], n_val=50, n_test=100,
                   tau_paper=_TAU31["cnn"], sever_params=_LAST31["cnn"]),
         ]),
-        "cpu": dict(eps_w_list=_EPSW31, runs=3, tgda_epochs=40, tgda_hessian_batch=256, gm_steps=100, tau_max=3.0, settings=[
+        "cpu": dict(reach=_reach31("mnist5k", 1000), eps_w_list=_EPSW31, runs=3, tgda_epochs=40, tgda_hessian_batch=256, gm_steps=100, tau_max=3.0, settings=[
             _gc31("mnist-lr", "mnist5k", "lr", 1000, 50, 100.0, 300, _ALL31, tau_paper=_TAU31["lr"],
                   influence=False, fig3_eps_w=(0.02, 0.05, 0.1, 0.2)),
             _gc31("mnist-nn", "mnist5k", "mlp", 1000, 50, 100.0, 300, _ALL31, hidden=128, tau_paper=_TAU31["mlp"],
@@ -129,7 +133,7 @@ EXPERIMENTS.update({
             _gc31("fashion-mnist-nn", "fashion-mnist", "mlp", 1000, 50, 100.0, 300, ["pc", "gc", "tgda", "gm"],
                   hidden=128, n_test=2000, tau_paper=_TAU31["mlp"], sever_params=_LAST31["mlp"]),
         ]),
-        "paper": dict(eps_w_list=_EPSW31, runs=3, tgda_epochs=200, tgda_hessian_batch=1000, gm_steps=250, tau_max=5.0, settings=[
+        "paper": dict(reach=_reach31("mnist5k", 1000), eps_w_list=_EPSW31, runs=3, tgda_epochs=200, tgda_hessian_batch=1000, gm_steps=250, tau_max=5.0, settings=[
             _gc31("mnist-lr", "mnist", "lr", None, 100, 0.5, 1000, _ALL31, n_val=None, tau_paper=_TAU31["lr"],
                   influence=False, fig3_eps_w=(0.1, 0.5, 1.0)),
             _gc31("mnist-nn", "mnist", "mlp", None, 100, 0.5, 1000, _ALL31, n_val=None, tau_paper=_TAU31["mlp"],
