@@ -377,6 +377,21 @@ def _save(ckpt, syn, opt, gen, history, seconds, iteration) -> None:
                "loss": history, "seconds": seconds, "iteration": iteration})
 
 
+def _end_iteration(ckpt, it, iterations, syn, opt, gen, history, seconds, callback) -> None:
+    """Checkpoint when due, then report the iteration to ``callback``."""
+    if ckpt is not None and ckpt.due(it, iterations - 1):
+        _save(ckpt, syn, opt, gen, history, seconds, it + 1)
+    if callback is not None:
+        callback(it, syn.detach(), history[-1])
+
+
+def _finish(syn, y_syn, method, ipc, history, seconds, mean, std, config) -> "Condensed":
+    """The result in pixel coordinates (the loops run standardised)."""
+    out = (syn.detach() * std + mean).clone()
+    return Condensed(out, y_syn.clone(), method, ipc, history, seconds, len(history),
+                     (mean.flatten().cpu(), std.flatten().cpu()), config)
+
+
 def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> list:
     return [len(x), list(x.shape[1:]), round(float(x.double().sum()), 4), int(y.sum())]
 
@@ -491,14 +506,8 @@ def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, 
         opt.step()
         history.append(_finite(loss, it, "DM"))
         seconds += time.perf_counter() - t0
-        if ckpt is not None and ckpt.due(it, iterations - 1):
-            _save(ckpt, syn, opt, gen, history, seconds, it + 1)
-        if callback is not None:
-            callback(it, syn.detach(), history[-1])
-
-    out = (syn.detach() * std + mean).clone()
-    return Condensed(out, y_syn.clone(), "dm", ipc, history, seconds, len(history),
-                     (mean.flatten().cpu(), std.flatten().cpu()), config)
+        _end_iteration(ckpt, it, iterations, syn, opt, gen, history, seconds, callback)
+    return _finish(syn, y_syn, "dm", ipc, history, seconds, mean, std, config)
 
 
 # --------------------------------------------------------------------------- DC / DSA
@@ -613,14 +622,8 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
                     opt_net.step()
         history.append(total / outer_loop)
         seconds += time.perf_counter() - t0
-        if ckpt is not None and ckpt.due(it, iterations - 1):
-            _save(ckpt, syn, opt_img, gen, history, seconds, it + 1)
-        if callback is not None:
-            callback(it, syn.detach(), history[-1])
-
-    out = (syn.detach() * std + mean).clone()
-    return Condensed(out, y_syn.clone(), method, ipc, history, seconds, len(history),
-                     (mean.flatten().cpu(), std.flatten().cpu()), config)
+        _end_iteration(ckpt, it, iterations, syn, opt_img, gen, history, seconds, callback)
+    return _finish(syn, y_syn, method, ipc, history, seconds, mean, std, config)
 
 
 def dsa(x: torch.Tensor, y: torch.Tensor, ipc: int, *, strategy: str = aug.STRATEGY, **kwargs) -> Condensed:
