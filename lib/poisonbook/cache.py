@@ -1,7 +1,8 @@
 """Artefacts keyed by configuration, atomic writes, and checkpoint/resume for long loops.
 
-* :func:`config_hash` hashes a JSON-able configuration together with the library version,
-  so a cached artefact is never reused across a change of settings or of code version.
+* :func:`source_hash` hashes the library's own source files; :func:`config_hash` hashes a
+  JSON-able configuration together with it, so a cached artefact or checkpoint is never reused
+  across a change of settings or of code.
 * :func:`cached` computes an artefact once and loads it afterwards.
 * :class:`Checkpoint` saves a loop's state atomically every few steps; a loop killed half
   way and started again resumes from the last saved state and ends with the same result,
@@ -19,9 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__
-
-__all__ = ["repo_root", "cache_dir", "atomic_write_text", "atomic_save", "config_hash", "cached",
+__all__ = ["repo_root", "cache_dir", "atomic_write_text", "atomic_write_bytes", "atomic_save", "source_hash", "config_hash", "cached",
            "Checkpoint", "CheckpointMismatch"]
 
 
@@ -61,6 +60,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return _atomic(Path(path), lambda f: f.write(text), "w")
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return _atomic(Path(path), lambda f: f.write(data), "wb")
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` that never leaves a truncated file behind."""
     return _atomic(Path(path), lambda f: torch.save(obj, f), "wb")
@@ -78,9 +81,28 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
+_SOURCE_HASH: str | None = None
+
+
+def source_hash(length: int = 16) -> str:
+    """SHA-256 of every ``.py`` file of the installed ``poisonbook`` package (paths and bytes, sorted).
+
+    Computed once per process: any edit of the library gives a new value, so run records,
+    cache entries and checkpoints written by older code are recognised as such.
+    """
+    global _SOURCE_HASH
+    if _SOURCE_HASH is None:
+        package = Path(__file__).resolve().parent
+        h = hashlib.sha256()
+        for path in sorted(package.rglob("*.py")):
+            h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        _SOURCE_HASH = h.hexdigest()
+    return _SOURCE_HASH[:length]
+
+
 def config_hash(config: dict, length: int = 16) -> str:
-    """Stable hash of a configuration and the library version."""
-    text = json.dumps({"config": _jsonable(config), "version": __version__}, sort_keys=True)
+    """Stable hash of a configuration and the library's source (:func:`source_hash`)."""
+    text = json.dumps({"config": _jsonable(config), "source": source_hash(64)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 

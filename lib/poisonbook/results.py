@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .cache import atomic_write_text, repo_root
+from .cache import atomic_write_text, repo_root, source_hash
 
 __all__ = ["Published", "PUBLISHED", "results_dir", "record_path", "save_record", "load_record",
            "load_records", "tabulate", "published", "report", "git_commit"]
@@ -221,6 +221,7 @@ def save_record(profile: str, chapter: str, experiment: str, *, config: dict, me
         "device": str(device),
         "wall_time_s": round(float(wall_time), 3),
         "library_version": __version__,
+        "source_hash": source_hash(),
         "git_commit": git_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),

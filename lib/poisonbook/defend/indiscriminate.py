@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .data import check_features
+from ..data import check_features
 
 __all__ = ["per_sample_gradients", "per_sample_losses", "SeverResult", "sever_scores", "sever",
            "InfluenceResult", "influence_scores", "influence_removal", "maxup_loss", "maxup_fit"]

@@ -25,8 +25,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from . import theory
-from .data import check_features
+from .. import theory
+from ..data import check_features
 
 __all__ = [
     "margin_loss_fn",
