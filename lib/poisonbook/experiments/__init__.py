@@ -40,6 +40,8 @@ __all__ = ["Run", "run_or_load", "MAX_ARTEFACT_BYTES", "POLICIES"]
 MAX_ARTEFACT_BYTES = 5 * 2**20
 POLICIES = ("auto", "rerun", "refresh")
 _RESERVED = {"metrics", "artefacts"}
+_METADATA = {"schema", "profile", "chapter", "experiment", "config", "seeds", "metrics", "device", "wall_time_s",
+             "library_version", "source_hash", "git_commit", "torch", "python", "created", "artefacts"}
 
 
 def _policy() -> str:
@@ -68,13 +70,13 @@ class Run:
         return self.record["config"]
 
     def __getitem__(self, key: str) -> Any:
-        """An extra entry of the record (``run["curves"]``), or a metric."""
-        if key in self.record.get("extra", {}):
-            return self.record["extra"][key]
+        """An entry the driver returned besides the metrics (``run["curves"]``), or a metric."""
+        if key in self.record and key not in _METADATA:
+            return self.record[key]
         if key in self.metrics:
             return self.metrics[key]
-        raise KeyError(f"{self.path.name} has no entry {key!r}; it has {sorted(self.record.get('extra', {}))} "
-                       f"and metrics {sorted(self.metrics)}")
+        extra = sorted(k for k in self.record if k not in _METADATA)
+        raise KeyError(f"{self.path.name} has no entry {key!r}; it has {extra} and metrics {sorted(self.metrics)}")
 
     @property
     def artefacts(self) -> dict[str, np.ndarray]:
@@ -94,12 +96,13 @@ class Run:
     def provenance(self) -> str:
         """One line: profile, commit, source hash, wall time, device; and the stale warning if it applies."""
         r = self.record
+        commit = r["git_commit"].split("+")[0][:10] + ("+dirty" if r["git_commit"].endswith("+dirty") else "")
         minutes = r["wall_time_s"] / 60
         took = f"{minutes:.1f} min" if minutes >= 1 else f"{r['wall_time_s']:.0f} s"
         line = (f"`{r['profile']}` profile record `{r['chapter']}/{r['experiment']}`, commit "
-                f"`{r['git_commit'][:10]}`, {took} on {r['device']}")
+                f"`{commit}`, {took} on {r['device']}")
         if self.stale:
-            return (f"**Stale:** produced by commit `{r['git_commit'][:10]}` (library source "
+            return (f"**Stale:** produced by commit `{commit}` (library source "
                     f"`{r.get('source_hash', 'unknown')}`); the library has changed since (now `{source_hash()}`). "
                     f"The numbers below are that run's; `make records` re-runs it. ({line})")
         return line + (" (loaded)" if self.loaded else " (run now)")
@@ -153,9 +156,13 @@ def run_or_load(chapter: str, experiment: str, profile: str, cfg: dict, fn: Call
     if not isinstance(out, dict) or "metrics" not in out:
         raise TypeError(f"{getattr(fn, '__name__', fn)} must return a dict with 'metrics', got {type(out).__name__}")
     extra = {k: v for k, v in out.items() if k not in _RESERVED}
+    clash = sorted(set(extra) & _METADATA - {"device"})
+    if clash:
+        raise ValueError(f"{getattr(fn, '__name__', fn)} returned entries {clash}, which are record metadata; "
+                         f"rename them")
     names = _save_artefacts(out["artefacts"], path.with_suffix(".npz")) if out.get("artefacts") else []
     device = out.get("device", "cuda" if torch.cuda.is_available() else "cpu")
     extra.pop("device", None)
     save_record(profile, chapter, experiment, config=cfg, metrics=out["metrics"], seeds=seeds, wall_time=wall,
-                device=device, root=root, extra=extra, artefacts=names)
+                device=device, root=root, artefacts=names, **extra)
     return Run(load_record(path), path, loaded=False, stale=False)
