@@ -117,6 +117,14 @@ class Run:
         return Markdown(f"<small>{text}</small>")
 
 
+def _record_config(record: dict, wanted: dict) -> dict:
+    """The record's configuration; records older than the ``seed`` setting name their seed in ``seeds`` only."""
+    config = dict(record["config"])
+    if "seed" in wanted and "seed" not in config and len(record.get("seeds", [])) == 1:
+        config["seed"] = record["seeds"][0]
+    return config
+
+
 def _save_artefacts(arrays: dict, path: Path) -> list[str]:
     arrays = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
               for k, v in arrays.items()}
@@ -142,7 +150,7 @@ def run_or_load(chapter: str, experiment: str, profile: str, cfg: dict, fn: Call
     wanted = _clean(dict(cfg), "config")
     if path.exists() and policy != "refresh":
         record = load_record(path)
-        if record["config"] == wanted:
+        if _record_config(record, wanted) == wanted:
             stale = record.get("source_hash") != source_hash()
             if not stale:
                 return Run(record, path, loaded=True, stale=False)
