@@ -174,8 +174,8 @@ def test_missing_fashion_mnist_says_how_to_install_it(data_root, monkeypatch):
         data.load("fashion-mnist", "test")
 
 
-@pytest.mark.parametrize("name,split,match", [("svhn", "train", "Unknown dataset"),
-                                              ("mnist5k", "validation", "Unknown split")])
+@pytest.mark.parametrize("name,split,match", [("svhn", "train", "dataset must be one of"),
+                                              ("mnist5k", "validation", "split must be one of")])
 def test_unknown_dataset_or_split(name, split, match):
     with pytest.raises(ValueError, match=match):
         data.load(name, split)
@@ -219,13 +219,13 @@ def test_balanced_subset_and_class_sampler():
 
 def test_bad_images_and_labels_raise():
     x = torch.rand(4, 1, 8, 8)
-    with pytest.raises(ValueError, match="4 images but labels"):
+    with pytest.raises(ValueError, match="one label per sample"):
         data.Data(x, torch.zeros(3, dtype=torch.long), ("a", "b"))
     with pytest.raises(ValueError, match="NaN or infinite"):
         data.Data(x.clone().index_fill_(0, torch.tensor([1]), float("nan")), torch.zeros(4, dtype=torch.long), ("a",))
-    with pytest.raises(ValueError, match="only 2 classes"):
+    with pytest.raises(ValueError, match=r"class indices in \[0, 1\]"):
         data.Data(x, torch.tensor([0, 1, 2, 0]), ("a", "b"))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         data.check_images(torch.rand(4, 8, 8))
-    with pytest.raises(ValueError, match="subset size"):
+    with pytest.raises(ValueError, match="subset size n"):
         data.subset(data.load("digits", "test"), 0)

@@ -189,8 +189,8 @@ def test_bad_eps_raises(eps):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(y_clean=torch.ones(199, dtype=torch.float64)), "200 feature rows but 199 labels"),
-    (dict(X_clean=torch.full((200, 2), math.nan, dtype=torch.float64)), "non-finite"),
+    (dict(y_clean=torch.ones(199, dtype=torch.float64)), "one label per sample \\(200\\), got 199"),
+    (dict(X_clean=torch.full((200, 2), math.nan, dtype=torch.float64)), "NaN or infinite"),
     (dict(X_clean=torch.ones(200, 2, dtype=torch.long)), "floating point"),
     (dict(eps_d=0.001), "rounds to 0 poisons"),
     (dict(clip=(1.0, 0.0)), "lo <= hi"),

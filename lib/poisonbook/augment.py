@@ -46,6 +46,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import checks
+
 __all__ = [
     "OPS",
     "STRATEGY",
@@ -447,11 +449,10 @@ _OP_FNS = {
 
 
 def _check_x(x) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.dtype.is_floating_point:
-        desc = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a floating tensor of shape (N, C, H, W), got {desc}")
+    """Images of any range (DSA runs in standardised coordinates) and dtype, at least 2x2 pixels."""
+    checks.images(x, "x", domain=None, min_count=0, where="augment")
     if x.shape[2] < 2 or x.shape[3] < 2:
-        raise ValueError(f"x must have images of at least 2x2 pixels, got {tuple(x.shape[2:])}")
+        raise checks.BadInput(f"augment: x must have images of at least 2x2 pixels, got {tuple(x.shape[2:])}")
 
 
 def _group_index(x: torch.Tensor, d: Draw, group_index) -> torch.Tensor:

@@ -11,21 +11,34 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import math
 import os
+import pickle
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
+from . import checks
+
 __all__ = ["repo_root", "cache_dir", "atomic_write_text", "atomic_write_bytes", "atomic_save", "source_hash", "config_hash", "cached",
-           "Checkpoint", "CheckpointMismatch"]
+           "Checkpoint", "CheckpointMismatch", "CorruptFile", "fingerprint", "load_torch"]
 
 
 def repo_root() -> Path:
-    """The book's repository (the folder holding ``_toc.yml``), else the current directory."""
+    """``$POISONBOOK_ROOT``, else the book's repository (the folder holding ``_toc.yml``), else the current directory.
+
+    On Colab the hidden first cell clones the repository and sets ``POISONBOOK_ROOT``, so the
+    committed run records are found there too.
+    """
+    if os.environ.get("POISONBOOK_ROOT"):
+        return Path(os.environ["POISONBOOK_ROOT"])
     here = Path(__file__).resolve()
     for parent in (*here.parents, *Path.cwd().resolve().parents, Path.cwd().resolve()):
         if (parent / "_toc.yml").exists():
@@ -38,16 +51,49 @@ def cache_dir() -> Path:
     return Path(os.environ.get("POISONBOOK_CACHE", repo_root() / ".cache"))
 
 
+def _tmp_owner_alive(tmp: Path) -> bool:
+    """Whether the process that named the temporary file ``.<name>.<pid>.<random>.tmp`` still runs."""
+    parts = tmp.name.split(".")
+    pid = parts[-3] if len(parts) >= 4 else ""
+    if not pid.isdigit():  # an older name without a pid: stale once it is an hour old
+        try:
+            return time.time() - tmp.stat().st_mtime < 3600
+        except OSError:
+            return False
+    if int(pid) == os.getpid():
+        return False  # this process writes one file at a time; a leftover of ours is stale
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Delete temporary files of ``path`` left behind by writers that were killed (SIGKILL skips cleanup)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if not _tmp_owner_alive(tmp):
+            tmp.unlink(missing_ok=True)
+
+
 def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> Path:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write to a temporary file in the same folder, then rename: readers never see half a file.
+
+    The file gets mode 0644 (``mkstemp`` would leave 0600); stale temporary files of the same
+    target from killed writers are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_tmp(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -69,16 +115,49 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return _atomic(Path(path), lambda f: torch.save(obj, f), "wb")
 
 
+def fingerprint(*tensors: Any) -> str:
+    """SHA-256 of tensors' or arrays' exact contents: dtype, shape and bytes of each (device-independent).
+
+    The data part of checkpoint and cache keys: any change of one element, of the order, of
+    the dtype or of the shape gives another value.
+    """
+    h = hashlib.sha256()
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            dtype, shape = str(t.dtype), tuple(t.shape)
+            raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        else:
+            a = np.ascontiguousarray(t)
+            dtype, shape, raw = str(a.dtype), a.shape, a.tobytes()
+        h.update(f"{dtype}{shape}".encode() + b"\0" + raw + b"\0")
+    return h.hexdigest()
+
+
 def _jsonable(obj: Any) -> Any:
+    """A JSON value that determines ``obj`` exactly: tensors and arrays by :func:`fingerprint`
+    (never ``repr``, which abbreviates), dict keys with their type (``{1: 'a'}`` is not ``{'1': 'a'}``),
+    callables by their qualified name."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+        if all(isinstance(k, str) for k in obj):
+            return {k: _jsonable(v) for k, v in sorted(obj.items())}
+        items = [[_jsonable(k), _jsonable(v)] for k, v in obj.items()]
+        return {"__dict__": sorted(items, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": repr(obj)}
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        return obj.item()
-    return repr(obj)
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return {"__array__": fingerprint(obj)}
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, Path):
+        return {"__path__": str(obj)}
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return {"__callable__": f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"}
+    return {"__repr__": f"{type(obj).__module__}.{type(obj).__qualname__}:{obj!r}"}
 
 
 _SOURCE_HASH: str | None = None
@@ -106,12 +185,25 @@ def config_hash(config: dict, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+class CorruptFile(ValueError):
+    """A cache, checkpoint or record file cannot be read; the message names the file and the fix."""
+
+
+def load_torch(path: str | os.PathLike, fix: str) -> Any:
+    """``torch.load`` of a file this library wrote; :class:`CorruptFile` naming ``path`` and ``fix`` if unreadable."""
+    try:
+        return torch.load(path, weights_only=False)
+    except (EOFError, pickle.UnpicklingError, RuntimeError, OSError, ValueError, AttributeError,
+            ImportError, IndexError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise CorruptFile(f"{path} is empty or corrupt ({type(err).__name__}: {err}); {fix}") from err
+
+
 def cached(name: str, config: dict, compute: Callable[[], Any], *, root: str | os.PathLike | None = None,
            refresh: bool = False) -> Any:
     """Return ``compute()``, stored under ``<root>/<name>-<hash(config)>.pt`` and loaded on later calls."""
     path = Path(root or cache_dir()) / f"{name}-{config_hash(config)}.pt"
     if path.exists() and not refresh:
-        return torch.load(path, weights_only=False)
+        return load_torch(path, "delete it, or call cached(..., refresh=True) to recompute it")
     value = compute()
     atomic_save(value, path)
     return value
@@ -131,8 +223,7 @@ class Checkpoint:
     """
 
     def __init__(self, path: str | os.PathLike, config: dict | None = None, every: int = 1):
-        if every < 1:
-            raise ValueError(f"Checkpoint every must be >= 1, got {every}")
+        checks.integer(every, "every", low=1, where="Checkpoint")
         self.path = Path(path)
         self.key = config_hash(config or {})
         self.every = every
@@ -144,7 +235,12 @@ class Checkpoint:
     def load(self) -> dict | None:
         if not self.path.exists():
             return None
-        blob = torch.load(self.path, weights_only=False)
+        fix = "delete it to start the run afresh"
+        blob = load_torch(self.path, fix)
+        if not isinstance(blob, dict) or "key" not in blob or "state" not in blob:
+            raise CorruptFile(f"{self.path} is not a checkpoint of this library (got "
+                              f"{type(blob).__name__}{' without key/state' if isinstance(blob, dict) else ''}); "
+                              f"{fix}")
         if blob.get("key") != self.key:
             raise CheckpointMismatch(
                 f"Checkpoint {self.path} was written by another configuration (hash {blob.get('key')}, "

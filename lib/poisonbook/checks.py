@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 __all__ = ["BadInput", "images", "features", "labels", "finite", "integer", "number", "fraction",
-           "epsilon", "choice", "diverged", "finite_loss"]
+           "epsilon", "choice", "diverged", "finite_loss", "bound", "model_labels", "targets"]
 
 
 class BadInput(ValueError):
@@ -153,3 +153,55 @@ def finite_loss(loss: torch.Tensor, iteration: int, where: str, hint: str = "low
     value = float(loss.detach())
     diverged(value, "the loss", iteration, where, hint)
     return value
+
+
+# --- appended for issue 10 (library-wide validation) ---------------------------------------------
+
+
+def bound(value: Any, name: str, *, where: str = "") -> float:
+    """A real number that may be infinite but not NaN (an end point such as ``b = inf``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
+        raise _fail(where, name, f"must be a real number (inf allowed), got {value!r}")
+    return float(value)
+
+
+def model_labels(model: Any, x: torch.Tensor, y: Any, name: str = "labels", *, margin: bool = False,
+                 where: str = "") -> torch.Tensor:
+    """Labels checked against what ``model`` outputs on ``x``: class indices below its number of logits.
+
+    One forward pass on ``x[:1]`` in eval mode, without gradient (buffers untouched), gives the
+    output width. A model with c >= 2 logits needs integer labels in [0, c) (returned as int64);
+    a one-output model (a margin or regression model) needs ``len(x)`` finite values, in
+    {-1, +1} when ``margin`` (a margin loss ``l(y f(x))``); they are returned unchanged.
+    """
+    if not isinstance(y, torch.Tensor) or y.ndim != 1 or len(y) != len(x):
+        return targets(y, name, n=len(x), where=where)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            p = next(model.parameters(), None)
+            out = model(x[:1] if p is None else x[:1].to(p.device))
+    finally:
+        model.train(was_training)
+    if out.ndim == 2 and out.shape[1] >= 2:
+        return labels(y, name, num_classes=out.shape[1], n=len(x), where=where)
+    targets(y, name, n=len(x), where=where)
+    if margin and len(y) and not bool(((y == 1) | (y == -1)).all()):
+        found = torch.unique(y[(y != 1) & (y != -1)])[:5].tolist()
+        raise _fail(where, name, f"must be -1 or +1 for a one-logit margin loss, found {found}; "
+                                 f"map {{0, 1}} labels with y = 2 * y - 1")
+    return y
+
+
+def targets(y: Any, name: str = "labels", *, n: int | None = None, where: str = "") -> torch.Tensor:
+    """A 1-D tensor of ``n`` finite values: integer labels or real targets (one-logit and regression models)."""
+    if not isinstance(y, torch.Tensor) or y.ndim != 1:
+        return labels(y, name, n=n, where=where)
+    if n is not None and len(y) != n:
+        raise _fail(where, name, f"must hold one label per sample ({n}), got {len(y)}")
+    if y.is_floating_point():
+        return finite(y, name, where=where)
+    if y.dtype == torch.bool or y.is_complex():
+        return labels(y, name, n=n, where=where)  # raises, naming the dtype
+    return y  # integer targets of any sign (e.g. +-1)

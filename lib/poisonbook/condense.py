@@ -35,7 +35,6 @@ uninterrupted run. Tensors stay on the device of the real images ``x``.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -47,9 +46,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import augment as aug
-from . import models
-from .cache import Checkpoint
-from .data import ClassSampler, check_images
+from . import checks, models
+from .cache import Checkpoint, fingerprint
+from .data import ClassSampler
 from .train import fit, predict
 
 __all__ = [
@@ -65,12 +64,16 @@ __all__ = [
     "channel_stats",
     "feature_mean",
     "per_class",
+    "callable_key",
+    "estimate_real",
     "dm_loss",
     "match_distance",
     "cross_entropy_loss",
     "dm",
     "dc",
     "dsa",
+    "CurvatureLoss",
+    "guard",
     "random_subset",
     "evaluate_synthetic",
 ]
@@ -105,7 +108,10 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     The reference code standardises with fixed per-dataset constants that are exactly these
     statistics of the training set (e.g. MNIST 0.1307 / 0.3081).
     """
-    check_images(x, where="channel_stats")
+    x = checks.images(x, "x", domain=None, where="channel_stats")
+    if x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        raise checks.BadInput(f"channel_stats: x must hold at least 2 pixel values per channel for a "
+                              f"standard deviation, got shape {tuple(x.shape)}")
     xd = x.double()
     return xd.mean(dim=(0, 2, 3)).float(), xd.std(dim=(0, 2, 3)).clamp_min(1e-8).float()
 
@@ -153,7 +159,47 @@ def per_class(estimator: Callable[[torch.Tensor], torch.Tensor]) -> Estimator:
         return torch.stack([estimator(f) for f in features.unbind(0)])
 
     batched.__name__ = f"per_class({getattr(estimator, '__name__', 'estimator')})"
+    batched.key = lambda: {"per_class": callable_key(estimator)}
     return batched
+
+
+def callable_key(fn) -> dict | str:
+    """What a checkpoint key records of a pluggable callable (an estimator, a real-batch loss).
+
+    An object with ``key()`` (the estimators of :mod:`poisonbook.estimators`, :func:`per_class`)
+    gives its name and every parameter; a plain function its qualified name and a hash of its
+    source and of the values it closes over, so two lambdas, or one function with two bound
+    parameters, never share a checkpoint.
+    """
+    if callable(getattr(fn, "key", None)):
+        return fn.key()
+    import hashlib
+    import inspect
+
+    try:
+        src = inspect.getsource(fn)
+    except (OSError, TypeError):
+        src = repr(fn)
+    cells = [repr(c.cell_contents) for c in (getattr(fn, "__closure__", None) or ())]
+    code = getattr(fn, "__code__", None)  # two lambdas on one source line differ in their code
+    code = repr((code.co_code, code.co_consts, code.co_names)) if code is not None else ""
+    digest = hashlib.sha256("\n".join([src, code, *cells, repr(getattr(fn, "__defaults__", None))]).encode())
+    return {"name": getattr(fn, "__qualname__", type(fn).__name__), "source": digest.hexdigest()[:16]}
+
+
+def estimate_real(estimator, features: torch.Tensor, generator: torch.Generator | None = None):
+    """``(target (C, d), dropped (C, k) or None)``: the real-side estimate of one DM iteration.
+
+    An estimator with ``estimate(features, generator)`` (:mod:`poisonbook.estimators`) draws its
+    randomness from ``generator`` (the run's) and reports the rows it dropped; a plain function
+    ``(C, n, d) -> (C, d)`` is called as before.
+    """
+    c, _, d = features.shape
+    name = getattr(estimator, "__name__", repr(estimator))
+    if callable(getattr(estimator, "estimate", None)):
+        est = estimator.estimate(features, generator)
+        return _check_estimate(est.mean, c, d, name), est.dropped
+    return _check_estimate(estimator(features), c, d, name), None
 
 
 def _check_estimate(est: torch.Tensor, c: int, d: int, name: str) -> torch.Tensor:
@@ -167,7 +213,7 @@ def _check_estimate(est: torch.Tensor, c: int, d: int, name: str) -> torch.Tenso
 
 
 def dm_loss(real_features: torch.Tensor, syn_features: torch.Tensor,
-            estimator: Estimator = feature_mean) -> torch.Tensor:
+            estimator: Estimator = feature_mean, generator: torch.Generator | None = None) -> torch.Tensor:
     """DM matching loss for one network draw (Zhao & Bilen 2021b; RDM-DC eq. (2), Algorithm 3).
 
     ``sum_c || estimator(real_features[c]) - mean_j syn_features[c, j] ||_2^2`` with
@@ -177,8 +223,11 @@ def dm_loss(real_features: torch.Tensor, syn_features: torch.Tensor,
 
     The estimator contract: a function of a tensor (C, n, d) returning (C, d), the estimate of
     each class's mean embedding computed independently per class; it is called on detached
-    features (no gradient flows through it), so it need not be differentiable.
+    features (no gradient flows through it), so it need not be differentiable. ``generator``
+    feeds a randomised estimator (:func:`estimate_real`).
     """
+    checks.finite(real_features, "real_features", where="dm_loss")
+    checks.finite(syn_features, "syn_features", where="dm_loss")
     if real_features.ndim != 3 or syn_features.ndim != 3:
         raise ValueError(f"dm_loss expects real (C, n, d) and synthetic (C, m, d) features, got "
                          f"{tuple(real_features.shape)} and {tuple(syn_features.shape)}")
@@ -186,8 +235,11 @@ def dm_loss(real_features: torch.Tensor, syn_features: torch.Tensor,
     if syn_features.shape[0] != c or syn_features.shape[2] != d:
         raise ValueError(f"real features {tuple(real_features.shape)} and synthetic features "
                          f"{tuple(syn_features.shape)} disagree on classes or dimension")
-    name = getattr(estimator, "__name__", "estimator")
-    target = _check_estimate(estimator(real_features.detach()), c, d, name)
+    target, _ = estimate_real(estimator, real_features.detach(), generator)
+    return _match(target, syn_features)
+
+
+def _match(target: torch.Tensor, syn_features: torch.Tensor) -> torch.Tensor:
     return ((target - syn_features.mean(dim=1)) ** 2).sum()
 
 
@@ -204,10 +256,11 @@ def match_distance(g_syn: Sequence[torch.Tensor], g_real: Sequence[torch.Tensor]
     g_syn, g_real = list(g_syn), list(g_real)
     if len(g_syn) != len(g_real):
         raise ValueError(f"match_distance: {len(g_syn)} synthetic but {len(g_real)} real gradients")
-    if eps < 0 or not math.isfinite(eps):
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    checks.number(eps, "eps", low=0.0, where="match_distance")
     total = None
     for i, (a, b) in enumerate(zip(g_syn, g_real)):
+        checks.finite(a, f"synthetic gradient {i}", where="match_distance")
+        checks.finite(b, f"real gradient {i}", where="match_distance")
         if a.shape != b.shape:
             raise ValueError(f"match_distance: gradient {i} has shapes {tuple(a.shape)} (synthetic) and "
                              f"{tuple(b.shape)} (real)")
@@ -226,6 +279,88 @@ def match_distance(g_syn: Sequence[torch.Tensor], g_real: Sequence[torch.Tensor]
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The default real-batch loss of DC/DSA: ``cross_entropy(model(x), y)`` (GUARD replaces it)."""
     return F.cross_entropy(model(x), y)
+
+
+GUARD_FORMS = ("paper", "code")
+
+
+class CurvatureLoss:
+    """GUARD's real-batch loss ``L_R = l + lambda * mean_i R_i`` (papers/002, eq. (8) and (10)).
+
+    ``form="paper"`` (eq. 8): ``z = h g / ||g||`` with ``g = grad_x l(x)`` and
+    ``R = ||grad_x l(x + z) - grad_x l(x)||_2^2``. ``form="code"`` (the authors' DC fork,
+    ``main_CURE.py``): ``z = h sign(g) / ||sign(g)||`` (the sign rescaled to l2 norm ``h``),
+    ``R = ||grad_x l(x + z) - grad_x l(x)||_2`` (not squared), computed with the model in eval mode.
+    Defaults as in the fork: ``lam`` = 100, ``h`` = 0.6 in [0, 1] pixel units. The direction ``z``
+    is a constant (detached, as in CURE, Moosavi-Dezfooli et al. 2019); both input gradients keep
+    their graph (``create_graph=True``) so that DC's parameter gradient of ``L_R`` sees the curvature.
+
+    Called as ``real_loss(model, x, y)`` by :func:`dc` on *standardised* images
+    ``u = (x_pixel - mean) / std``: pixel gradients are ``grad_u / std`` and a pixel step ``z`` is
+    ``z / std`` in ``u``; pass the standardisation's ``std`` (None: the images are pixels). The
+    per-sample input gradients of a whole class batch come from one backward pass of the *summed*
+    loss, exact when each sample's output depends on its own input only (the ConvNet's instance
+    norm; not batch norm in training mode). ``loss(logits, y, reduction=...)``: the per-sample loss
+    ``l``, default cross-entropy. With ``lam == 0`` it is exactly ``loss(model(x), y)`` (no R is
+    computed). Its ``__name__`` carries every parameter, so it enters :func:`dc`'s checkpoint key.
+    """
+
+    def __init__(self, lam: float = 100.0, h: float = 0.6, form: str = "paper", std=None,
+                 loss: Callable = F.cross_entropy):
+        where = "CurvatureLoss"
+        self.lam = checks.number(lam, "lam (lambda)", low=0.0, where=where)
+        self.h = checks.number(h, "h", low=0.0, low_open=True, where=where)
+        self.form = checks.choice(form, "form", GUARD_FORMS, where=where)
+        self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32).flatten()
+        if self.std is not None:
+            checks.finite(self.std, "std", where=where)
+            if not bool((self.std > 0).all()):
+                raise checks.BadInput(f"{where}: std must be > 0, got {self.std.tolist()}")
+        self.loss = loss
+
+    @property
+    def __name__(self) -> str:
+        std = "none" if self.std is None else ",".join(f"{float(s):.6g}" for s in self.std)
+        return (f"guard(form={self.form},lambda={self.lam!r},h={self.h!r},std=[{std}],"
+                f"loss={getattr(self.loss, '__name__', repr(self.loss))})")
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def key(self) -> dict:
+        """Every parameter, for :func:`callable_key` (the checkpoint key of :func:`dc`)."""
+        return dict(name="guard", form=self.form, lam=self.lam, h=self.h,
+                    std=None if self.std is None else [float(s) for s in self.std],
+                    loss=callable_key(self.loss) if self.loss is not F.cross_entropy else "cross_entropy")
+
+    def _input_grad(self, model: nn.Module, u: torch.Tensor, y: torch.Tensor, scale) -> torch.Tensor:
+        (g,) = torch.autograd.grad(self.loss(model(u), y, reduction="sum"), u, create_graph=True)
+        return g / scale
+
+    def regulariser(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample ``R_i`` (shape (n,)) of the batch ``x`` (standardised), differentiable in the parameters."""
+        scale = 1.0 if self.std is None else self.std.to(x.device).view(1, -1, *[1] * (x.ndim - 2))
+        was_training = model.training
+        if self.form == "code":
+            model.eval()
+        try:
+            u = x.detach().requires_grad_(True)
+            g0 = self._input_grad(model, u, y, scale)
+            d = g0.detach() if self.form == "paper" else g0.detach().sign()
+            norm = d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.ndim - 1))
+            z = self.h * d / norm  # a step of l2 length h in pixel units
+            u1 = (x.detach() + z / scale).requires_grad_(True)
+            g1 = self._input_grad(model, u1, y, scale)
+        finally:
+            model.train(was_training)
+        diff = (g1 - g0).flatten(1).norm(dim=1)
+        return diff**2 if self.form == "paper" else diff
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        base = self.loss(model(x), y, reduction="mean")
+        if self.lam == 0:
+            return base
+        return base + self.lam * self.regulariser(model, x, y).mean()
 
 
 # --------------------------------------------------------------------------- results
@@ -282,37 +417,34 @@ class Evaluation:
 # --------------------------------------------------------------------------- shared machinery
 
 
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
+def _classes(y: torch.Tensor, num_classes, where: str) -> int:
+    """``num_classes`` (validated) or one more than the largest label."""
+    if num_classes is None:
+        return int(y.max()) + 1
+    return checks.integer(num_classes, "num_classes", low=1, where=where)
 
 
-def _check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+def _labelled(x, y, num_classes, where, name="x"):
+    """Images (any range: they may be standardised) and their labels, checked; returns (x, y, classes)."""
+    x = checks.images(x, name, domain=None, where=where)
+    y = checks.labels(y, f"labels of {name}", n=len(x), where=where)
+    classes = _classes(y, num_classes, where)
+    return x, checks.labels(y, f"labels of {name}", num_classes=classes, where=where), classes
 
 
 def _setup(x, y, ipc, init, num_classes, batch_real, stats, where):
     """Validate the real data; return (classes, sampler, mean, std, batch_real)."""
-    check_images(x, y, where=where)
-    ipc = _check_int("ipc (images per class)", ipc, 1)
+    x, y, classes = _labelled(x, y, num_classes, where)
+    ipc = checks.integer(ipc, "ipc (images per class)", low=1, where=where)
     if init not in INITS:
-        raise ValueError(f"{where}: unknown init {init!r}; choose one of {', '.join(INITS)} ('noise': "
-                         f"Gaussian noise N(0, I) in standardised coordinates; 'real': random real images)")
-    if len(y) == 0:
-        raise ValueError(f"{where}: no real images")
-    classes = int(num_classes) if num_classes is not None else int(y.max()) + 1
-    if int(y.max()) >= classes:
-        raise ValueError(f"{where}: label {int(y.max())} but num_classes={classes}")
+        raise checks.BadInput(f"{where}: unknown init {init!r}; choose one of {', '.join(INITS)} ('noise': "
+                              f"Gaussian noise N(0, I) in standardised coordinates; 'real': random real images)")
     sampler = ClassSampler(y, classes)  # raises for a class without images
     smallest = min(len(i) for i in sampler.by_class)
     if init == "real" and smallest < ipc:
         raise ValueError(f"{where}: init='real' needs {ipc} images of every class but one class has "
                          f"{smallest}")
-    batch_real = min(_check_int("batch_real", batch_real, 1), smallest)
+    batch_real = min(checks.integer(batch_real, "batch_real", low=1, where=where), smallest)
     mean, std = _standardizer(x, stats)
     return classes, sampler, mean, std, batch_real, ipc
 
@@ -332,8 +464,8 @@ def _fresh_net(factory: Callable[[], nn.Module], seed: int, device) -> nn.Module
 
 
 def _default_factory(shape, classes, width, depth=3):
-    _check_int("width", width, 1)
-    _check_int("depth", depth, 1)
+    checks.integer(width, "width", low=1, where="ConvNet")
+    checks.integer(depth, "depth", low=1, where="ConvNet")
     c, h, w = shape
     if h != w:
         raise ValueError(f"the ConvNet expects square images, got {h}x{w}")
@@ -392,8 +524,9 @@ def _finish(syn, y_syn, method, ipc, history, seconds, mean, std, config) -> "Co
                      (mean.flatten().cpu(), std.flatten().cpu()), config)
 
 
-def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> list:
-    return [len(x), list(x.shape[1:]), round(float(x.double().sum()), 4), int(y.sum())]
+def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+    """The exact data part of a checkpoint key (SHA-256 of the images' and labels' bytes)."""
+    return fingerprint(x, y)
 
 
 def _make_checkpoint(checkpoint, config, every):
@@ -403,11 +536,7 @@ def _make_checkpoint(checkpoint, config, every):
 
 
 def _finite(loss: torch.Tensor, it: int, method: str) -> float:
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise FloatingPointError(f"{method}: the matching loss became {value} at iteration {it}; "
-                                 f"lower the image learning rate")
-    return value
+    return checks.finite_loss(loss, it, method, "lower the image learning rate")
 
 
 def _progress(it_range, progress: bool, total: int, desc: str):
@@ -428,7 +557,7 @@ def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, 
        num_classes: int | None = None, stats: tuple | None = None, seed: int = 0,
        checkpoint: Checkpoint | str | os.PathLike | None = None, checkpoint_every: int = 100,
        callback: Callable[[int, torch.Tensor, float], None] | None = None,
-       progress: bool = False) -> Condensed:
+       on_estimate: Callable | None = None, progress: bool = False) -> Condensed:
     """Distribution matching (Zhao & Bilen 2021b, "Dataset Condensation with Distribution Matching").
 
     Each iteration samples a fresh, frozen network ``Phi_theta`` (``theta ~ P_theta``: the
@@ -458,22 +587,33 @@ def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, 
     images, optimiser state, iteration, loss history and generator state are saved every
     ``checkpoint_every`` iterations and a later call resumes from there (bit-identical to an
     uninterrupted run on the same device). ``callback(iteration, images, loss)`` after each
-    iteration (images in standardised coordinates; raise to stop). ``stats``: the per-channel
-    (mean, std) that standardise the images (default: those of ``x``; see the module docstring).
+    iteration (images in standardised coordinates; raise to stop).
+    ``on_estimate(iteration, idx, features, estimate, dropped)`` each iteration before the step:
+    ``idx`` (C, n) the indices into ``x`` of the real batch, ``features`` (C, n, d) their detached
+    embeddings, ``estimate`` (C, d), ``dropped`` (C, k) positions into the n axis (or None); with
+    the caller's poison flags ``is_poison[idx]`` it gives the poisoned deviation of every
+    iteration (:func:`poisonbook.estimators.deviation_parts`). The estimator's name and every
+    parameter enter the checkpoint key (:func:`callable_key`); a randomised estimator
+    (``estimators.calibrated_mean``) draws from the run's generator, so resume is bit-identical.
+    RDM-DC (Algorithm 3) is ``dm(..., estimator=estimators.calibrated_mean(eps), init="noise")``.
+    ``stats``: the per-channel (mean, std) that standardise the images (default: those of ``x``; see
+    the module docstring).
     """
     where = "condense.dm"
+    x = checks.images(x, "x", domain=None, where=where)  # float64 -> float32, the networks' dtype
     classes, sampler, mean, std, batch_real, ipc = _setup(x, y, ipc, init, num_classes, batch_real, stats,
                                                           where)
-    iterations = _check_int("iterations", iterations, 0)
-    lr = _check_positive("lr", lr)
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+    iterations = checks.integer(iterations, "iterations", where=where)
+    lr = checks.number(lr, "lr", low=0.0, low_open=True, where=where)
+    momentum = checks.fraction(momentum, "momentum", where=where)
     aug.parse_strategy(strategy or "none")
     device = x.device
     factory = net or _default_factory(tuple(x.shape[1:]), classes, width, depth)
+    if callable(getattr(estimator, "check_n", None)):
+        estimator.check_n(batch_real)  # e.g. floor(3 eps n) >= n: fail before the loop, not inside it
     config = dict(method="dm", ipc=ipc, iterations=iterations, lr=lr, momentum=momentum,
                   batch_real=batch_real, init=init, strategy=strategy or "none",
-                  estimator=getattr(estimator, "__name__", repr(estimator)),
+                  estimator=callable_key(estimator),
                   width=width if net is None else "custom", depth=depth if net is None else "custom",
                   classes=classes, seed=seed, data=_fingerprint(x, y))
     ckpt = _make_checkpoint(checkpoint, config, checkpoint_every)
@@ -500,7 +640,11 @@ def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, 
         with torch.no_grad():
             fr = network.embed(xr)
         fs = network.embed(xs)
-        loss = dm_loss(fr.view(classes, batch_real, -1), fs.view(classes, ipc, -1), estimator)
+        fr = fr.view(classes, batch_real, -1)
+        target, dropped = estimate_real(estimator, fr, gen)
+        if on_estimate is not None:
+            on_estimate(it, idx.view(classes, batch_real), fr, target, dropped)
+        loss = _match(target, fs.view(classes, ipc, -1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -549,13 +693,14 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
     image updates of the class-summed distance.
     """
     where = f"condense.{method}"
+    x = checks.images(x, "x", domain=None, where=where)  # float64 -> float32, the networks' dtype
     classes, sampler, mean, std, batch_real, ipc = _setup(x, y, ipc, init, num_classes, batch_real, stats,
                                                           where)
-    iterations = _check_int("iterations", iterations, 0)
-    lr_img, lr_net = _check_positive("lr_img", lr_img), _check_positive("lr_net", lr_net)
-    batch_train = _check_int("batch_train", batch_train, 1)
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+    iterations = checks.integer(iterations, "iterations", where=where)
+    lr_img = checks.number(lr_img, "lr_img", low=0.0, low_open=True, where=where)
+    lr_net = checks.number(lr_net, "lr_net", low=0.0, low_open=True, where=where)
+    batch_train = checks.integer(batch_train, "batch_train", low=1, where=where)
+    momentum = checks.fraction(momentum, "momentum", where=where)
     if loops is None:
         if ipc not in DC_LOOPS:
             raise ValueError(f"{where}: no reference (outer_loop, inner_loop) for ipc={ipc} (known: "
@@ -563,14 +708,15 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
         loops = DC_LOOPS[ipc]
     if len(loops) != 2:
         raise ValueError(f"loops must be (outer_loop, inner_loop), got {loops!r}")
-    outer_loop, inner_loop = _check_int("outer_loop", loops[0], 1), _check_int("inner_loop", loops[1], 0)
+    outer_loop = checks.integer(loops[0], "outer_loop", low=1, where=where)
+    inner_loop = checks.integer(loops[1], "inner_loop", where=where)
     aug.parse_strategy(strategy or "none")
     device = x.device
     factory = net or _default_factory(tuple(x.shape[1:]), classes, width, depth)
     config = dict(method=method, ipc=ipc, iterations=iterations, lr_img=lr_img, momentum=momentum,
                   lr_net=lr_net, batch_real=batch_real, batch_train=batch_train,
                   loops=[outer_loop, inner_loop], init=init,
-                  strategy=strategy or "none", real_loss=getattr(real_loss, "__name__", repr(real_loss)),
+                  strategy=strategy or "none", real_loss=callable_key(real_loss),
                   width=width if net is None else "custom", depth=depth if net is None else "custom",
                   classes=classes, seed=seed, data=_fingerprint(x, y))
     ckpt = _make_checkpoint(checkpoint, config, checkpoint_every)
@@ -641,15 +787,31 @@ def dsa(x: torch.Tensor, y: torch.Tensor, ipc: int, *, strategy: str = aug.STRAT
     return dc(x, y, ipc, strategy=strategy, method="dsa", **kwargs)
 
 
+def guard(x: torch.Tensor, y: torch.Tensor, ipc: int, *, lam: float = 100.0, h: float = 0.6, form: str = "paper",
+          stats: tuple | None = None, **kwargs) -> Condensed:
+    """GUARD (papers/002, eq. (10), appendix C): :func:`dc` (or DSA with ``strategy``) matching the
+    parameter gradient of the curvature-regularised real loss :class:`CurvatureLoss` (eq. (8);
+    ``lam`` = 100, ``h`` = 0.6 in pixel units, ``form`` "paper" or "code") instead of the plain
+    cross-entropy; the synthetic side is unchanged. All other arguments and defaults are
+    :func:`dc`'s (the paper's DC loops, 1,000 iterations, image lr 0.1, network lr 0.01, 256 real
+    images per class). ``lam=0`` gives :func:`dc`'s synthetic set bit for bit.
+    """
+    x = checks.images(x, "x", domain=None, where="condense.guard")
+    if stats is None:
+        stats = channel_stats(x)
+    real_loss = CurvatureLoss(lam, h, form, std=stats[1])
+    return dc(x, y, ipc, real_loss=real_loss, stats=stats, method="guard", **kwargs)
+
+
 # --------------------------------------------------------------------------- baselines and evaluation
 
 
 def random_subset(x: torch.Tensor, y: torch.Tensor, ipc: int, *, seed: int = 0,
                   num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``ipc`` random real images of every class, class-major (the papers' "Random" coreset baseline)."""
-    check_images(x, y, where="condense.random_subset")
-    ipc = _check_int("ipc (images per class)", ipc, 1)
-    classes = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    where = "condense.random_subset"
+    x, y, classes = _labelled(x, y, num_classes, where)
+    ipc = checks.integer(ipc, "ipc (images per class)", low=1, where=where)
     idx = ClassSampler(y, classes).indices(ipc, torch.Generator().manual_seed(seed)).to(x.device)
     return x[idx].clone(), y.to(x.device)[idx].clone()
 
@@ -678,20 +840,26 @@ def evaluate_synthetic(x_syn: torch.Tensor, y_syn: torch.Tensor, x_test: torch.T
     sample. ``keep_models``: return the networks, wrapped with :class:`Standardize` so they take
     inputs in the caller's coordinates. Accuracy std is the population std over the models.
     """
-    check_images(x_syn, y_syn, where="evaluate_synthetic (synthetic set)")
-    check_images(x_test, y_test, where="evaluate_synthetic (test set)")
+    where = "evaluate_synthetic"
+    x_syn = checks.images(x_syn, "x_syn", domain=None, where=where)
+    x_test = checks.images(x_test, "x_test", domain=None, where=where)
+    y_syn = checks.labels(y_syn, "y_syn", n=len(x_syn), where=where)
+    y_test = checks.labels(y_test, "y_test", n=len(x_test), where=where)
+    classes = (_classes(y_syn, num_classes, where) if num_classes is not None
+               else int(max(y_syn.max(), y_test.max())) + 1)
+    checks.labels(y_syn, "y_syn", num_classes=classes, where=where)
+    checks.labels(y_test, "y_test", num_classes=classes, where=where)
     if x_syn.shape[1:] != x_test.shape[1:]:
         raise ValueError(f"synthetic images {tuple(x_syn.shape[1:])} and test images "
                          f"{tuple(x_test.shape[1:])} differ in shape")
     if probe is not None:
-        check_images(probe, where="evaluate_synthetic (probe)")
+        probe = checks.images(probe, "probe", domain=None, where=where)
         if probe.shape[1:] != x_syn.shape[1:]:
             raise ValueError(f"probe images {tuple(probe.shape[1:])} differ in shape from "
                              f"{tuple(x_syn.shape[1:])}")
-    num_models = _check_int("num_models", num_models, 1)
-    epochs = _check_int("epochs", epochs, 0)
+    num_models = checks.integer(num_models, "num_models", low=1, where=where)
+    epochs = checks.integer(epochs, "epochs", where=where)
     aug.parse_strategy(strategy or "none")
-    classes = int(num_classes) if num_classes is not None else int(max(y_syn.max(), y_test.max())) + 1
     mean, std = _standardizer(x_syn, stats)
     device = x_syn.device
     xs = (x_syn - mean) / std

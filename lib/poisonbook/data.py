@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import checks
+
 __all__ = [
     "DATASETS",
     "SPLITS",
@@ -78,10 +80,11 @@ class Data:
     name: str = ""
 
     def __post_init__(self):
-        check_images(self.x, self.y, where=f"Data({self.name!r})")
-        if len(self) and int(self.y.max()) >= len(self.classes):
-            raise ValueError(f"Data({self.name!r}): label {int(self.y.max())} but only "
-                             f"{len(self.classes)} classes")
+        where = f"Data({self.name!r})"
+        x = checks.images(self.x, "x", min_count=0, where=where)  # in [0, 1]; float64 becomes float32
+        y = checks.labels(self.y, "y", num_classes=len(self.classes), n=len(x), where=where)
+        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "y", y)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -103,40 +106,19 @@ class Data:
 
 
 def check_images(x: torch.Tensor, y: torch.Tensor | None = None, where: str = "images") -> None:
-    """Raise ``ValueError`` unless ``x`` is a finite (N, C, H, W) float tensor matching labels ``y``."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        raise ValueError(f"{where}: expected a tensor of shape (N, C, H, W), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{where}: expected floating point images, got {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{where}: images contain NaN or infinite values")
+    """Thin alias kept for external code: :func:`poisonbook.checks.images` (any value range) and
+    :func:`poisonbook.checks.labels` (one per image)."""
+    x = checks.images(x, "images", domain=None, min_count=0, where=where)
     if y is not None:
-        if y.ndim != 1 or len(y) != len(x):
-            raise ValueError(f"{where}: {len(x)} images but labels of shape {tuple(y.shape)}")
-        if y.dtype not in (torch.int64, torch.int32) or (len(y) and int(y.min()) < 0):
-            raise ValueError(f"{where}: labels must be non-negative integers, got dtype {y.dtype}")
+        checks.labels(y, "labels", n=len(x), where=where)
 
 
 def check_features(x: torch.Tensor, y: torch.Tensor, where: str = "data") -> None:
-    """Raise ``ValueError`` unless ``x`` is a finite float (n, ...) tensor with n >= 1 and ``y`` holds n finite labels.
-
-    The looser sibling of :func:`check_images` for feature vectors of any shape (the attacks and
-    defences of Part III work on 2-D synthetic data as well as on images).
-    """
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise ValueError(f"{where}: features and labels must be torch tensors, got "
-                         f"{type(x).__name__} and {type(y).__name__}")
-    if x.ndim < 2 or len(x) == 0:
-        raise ValueError(f"{where}: features must have shape (n, ...) with n >= 1, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{where}: features must be floating point, got {x.dtype}")
-    if y.ndim < 1 or len(y) != len(x):
-        raise ValueError(f"{where}: {len(x)} feature rows but {len(y) if y.ndim else 0} labels "
-                         f"(labels of shape {tuple(y.shape)})")
-    for t, what in ((x, "features"), (y, "labels")):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"{where}: {what} contain {int((~torch.isfinite(t)).sum())} non-finite value(s)")
+    """Thin alias kept for external code: :func:`poisonbook.checks.features` and finite labels, one per row."""
+    x = checks.features(x, "features", where=where)
+    if not isinstance(y, torch.Tensor) or y.ndim < 1 or len(y) != len(x):
+        checks.labels(y, "labels", n=len(x), where=where)
+    checks.finite(y, "labels", where=where)
 
 
 def data_root() -> Path:
@@ -223,31 +205,56 @@ def _read_cifar(folder: Path, train: bool, hundred: bool):
         key = b"labels"
     xs, ys = [], []
     for name in files:
-        with open(folder / name, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+        entry = _unpickle(folder / name, "cifar100" if hundred else "cifar10")
         xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(entry[key], dtype=np.int64))
     meta_name = "meta" if hundred else "batches.meta"
     meta_key = b"fine_label_names" if hundred else b"label_names"
     classes = None
     if (folder / meta_name).exists():
-        with open(folder / meta_name, "rb") as f:
-            classes = [c.decode() for c in pickle.load(f, encoding="bytes")[meta_key]]
+        classes = [c.decode() for c in _unpickle(folder / meta_name, "cifar100" if hundred else "cifar10")[meta_key]]
     return np.concatenate(xs), np.concatenate(ys), classes
+
+
+def _broken(name: str, path: Path, problem: str) -> DatasetNotAvailable:
+    return DatasetNotAvailable(f"Dataset {name!r}: {path} {problem}. Delete the folder {path.parent} and "
+                               f"fetch it again: {_download_hint(name)}")
+
+
+def _unpickle(path: Path, name: str) -> dict:
+    """One pickle of the CIFAR python archives; :class:`DatasetNotAvailable` naming the file if missing or broken."""
+    if not path.exists():
+        raise _broken(name, path, "is missing (the folder is incomplete)")
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="bytes")
+    except (EOFError, pickle.UnpicklingError, ValueError, OSError) as err:
+        raise _broken(name, path, f"is truncated or corrupt ({type(err).__name__}: {err})") from None
+    if not isinstance(entry, dict):
+        raise _broken(name, path, f"holds a {type(entry).__name__}, not a CIFAR batch")
+    return entry
 
 
 def _read_tinyimagenet(folder: Path, train: bool):
     """``tiny-imagenet-200``: train/<wnid>/images/*.JPEG and val/ (with val_annotations.txt) as test."""
     from PIL import Image
 
-    wnids = (folder / "wnids.txt").read_text().split()
+    def need(path: Path) -> Path:
+        if not path.exists():
+            raise _broken("tinyimagenet", path, "is missing (the folder is incomplete)")
+        return path
+
+    wnids = need(folder / "wnids.txt").read_text().split()
     index = {w: i for i, w in enumerate(wnids)}
     if train:
-        files = [(p, index[w]) for w in wnids for p in sorted((folder / "train" / w / "images").glob("*.JPEG"))]
+        files = [(p, index[w]) for w in wnids
+                 for p in sorted(need(folder / "train" / w / "images").glob("*.JPEG"))]
     else:
-        lines = (folder / "val" / "val_annotations.txt").read_text().splitlines()
+        lines = need(folder / "val" / "val_annotations.txt").read_text().splitlines()
         files = [(folder / "val" / "images" / ln.split("\t")[0], index[ln.split("\t")[1]]) for ln in lines if ln]
-    x = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8) for p, _ in files])
+    if not files:
+        raise _broken("tinyimagenet", folder / ("train" if train else "val"), "holds no images")
+    x = np.stack([np.asarray(Image.open(need(p)).convert("RGB"), dtype=np.uint8) for p, _ in files])
     y = np.array([c for _, c in files], dtype=np.int64)
     return x, y, wnids
 
@@ -265,6 +272,17 @@ def _missing(name: str, looked: list[Path], how: str) -> DatasetNotAvailable:
 def _download_hint(name: str) -> str:
     return (f"On a machine with internet (e.g. Colab) call poisonbook.data.load({name!r}, split, "
             f"download=True) or set POISONBOOK_DOWNLOAD=1, or place the files under the data root by hand.")
+
+
+def _fetch(name: str, get) -> None:
+    """Run a download; offline (or on a failed transfer) raise :class:`DatasetNotAvailable` saying so."""
+    try:
+        get()
+    except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError
+        raise DatasetNotAvailable(
+            f"Dataset {name!r}: download=True but the download failed ({type(err).__name__}: {err}); this "
+            f"machine may be offline. Download on a machine with internet (e.g. Colab) and copy the files "
+            f"under the data root {data_root()}, or use an offline dataset (digits, mnist5k, fashion-mnist).") from err
 
 
 def _raw(name: str, train: bool, download: bool):
@@ -290,7 +308,7 @@ def _raw_at(name: str, train: bool, download: bool, root: Path):
         if pair is None and download:
             import torchvision
 
-            torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
+            _fetch(name, lambda: torchvision.datasets.FashionMNIST(str(root), train=train, download=True))
             pair = _read_idx_pair(folders, train)
         if pair is None:
             raise _missing(name, folders, "Install the Debian package with "
@@ -303,7 +321,7 @@ def _raw_at(name: str, train: bool, download: bool, root: Path):
         if pair is None and download:
             import torchvision
 
-            torchvision.datasets.MNIST(str(root), train=train, download=True)
+            _fetch(name, lambda: torchvision.datasets.MNIST(str(root), train=train, download=True))
             pair = _read_idx_pair(folders, train)
         if pair is None:
             raise _missing(name, folders, _download_hint(name) + " (the four idx files of MNIST in MNIST/raw)")
@@ -315,7 +333,7 @@ def _raw_at(name: str, train: bool, download: bool, root: Path):
             import torchvision
 
             cls = torchvision.datasets.CIFAR100 if hundred else torchvision.datasets.CIFAR10
-            cls(str(root), train=train, download=True)
+            _fetch(name, lambda: cls(str(root), train=train, download=True))
         if not folder.exists():
             raise _missing(name, [folder], _download_hint(name) + " (the extracted python version of the archive)")
         x, y, classes = _read_cifar(folder, train, hundred)
@@ -326,7 +344,8 @@ def _raw_at(name: str, train: bool, download: bool, root: Path):
         if not folder.exists() and download:
             from torchvision.datasets.utils import download_and_extract_archive
 
-            download_and_extract_archive("http://cs231n.stanford.edu/tiny-imagenet-200.zip", str(root))
+            _fetch(name, lambda: download_and_extract_archive("http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+                                                              str(root)))
         if not folder.exists():
             raise _missing(name, [folder], _download_hint(name) + " (unzip tiny-imagenet-200.zip there)")
         return _read_tinyimagenet(folder, train)
@@ -349,6 +368,8 @@ def colourise(x: torch.Tensor, seed: int = SPLIT_SEED) -> torch.Tensor:
     no class information and a classifier must still read the shape. Pixel
     value v becomes ``v * fg + (1 - v) * 0.3 * bg``.
     """
+    checks.images(x, "x", channels=1, min_count=0, where="colourise")
+    checks.integer(seed, "seed", where="colourise")
     g = torch.Generator().manual_seed(seed)
     fg = torch.rand(len(x), 3, 1, 1, generator=g) * 0.7 + 0.3  # bright enough to see the garment
     bg = torch.rand(len(x), 3, 1, 1, generator=g)
@@ -365,22 +386,29 @@ def load(name: str, split: str = "train", *, download: bool | None = None) -> Da
     Raises ``ValueError`` for an unknown name or split and :class:`DatasetNotAvailable`
     (naming the dataset and how to get it) when the files are not on this machine.
     """
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    checks.choice(name, "dataset", DATASETS, where="data.load")
+    checks.choice(split, "split", SPLITS, where="data.load")
     if download is None:
         download = os.environ.get("POISONBOOK_DOWNLOAD", "0") == "1"
     base = "fashion-mnist" if name == "fashion-mnist-rgb" else name
+
+    def raw(train: bool):
+        try:
+            return _raw(base, train, download)
+        except DatasetNotAvailable as err:
+            if base == name:
+                raise
+            raise DatasetNotAvailable(f"Dataset {name!r} is built from {base!r}, which is missing: {err}") from None
+
     if base in _NO_TEST_SPLIT:
-        x, y, classes = _raw(base, True, download)
+        x, y, classes = raw(True)
         rest, test = stratified_split(y, _NO_TEST_SPLIT[base], SPLIT_SEED)
         idx = test if split == "test" else rest
         x, y = x[idx], y[idx]
         if split != "test":
             x, y = _select(x, y, split, _VAL_FRACTION[name])
     else:
-        x, y, classes = _raw(base, split != "test", download)
+        x, y, classes = raw(split != "test")
         if split != "test":
             x, y = _select(x, y, split, _VAL_FRACTION[name])
     xt = _to_tensor(x, 255.0)
@@ -399,8 +427,7 @@ def subset(data: Data, n: int, seed: int = 0, stratified: bool = True) -> Data:
     Stratified: each class gets its share of ``n`` rounded by the largest-remainder rule, so
     class proportions are kept to within one sample; the samples of a class are drawn at random.
     """
-    if not 0 < n <= len(data):
-        raise ValueError(f"subset size must be in 1..{len(data)}, got {n}")
+    checks.integer(n, "subset size n", low=1, high=len(data), where="data.subset")
     y = data.y.cpu().numpy()
     rng = np.random.default_rng(seed)
     if stratified:
@@ -419,6 +446,7 @@ def subset(data: Data, n: int, seed: int = 0, stratified: bool = True) -> Data:
 
 def balanced_subset(data: Data, per_class: int, seed: int = 0) -> Data:
     """``per_class`` random samples of every class, ordered by class."""
+    checks.integer(per_class, "per_class", low=1, where="data.balanced_subset")
     sampler = ClassSampler(data.y, data.num_classes)
     g = torch.Generator().manual_seed(seed)
     idx = sampler.indices(per_class, g)
@@ -433,7 +461,12 @@ class ClassSampler:
     """
 
     def __init__(self, y: torch.Tensor, num_classes: int | None = None):
-        y = y.cpu()
+        where = "ClassSampler"
+        if num_classes is not None:
+            num_classes = checks.integer(num_classes, "num_classes", low=1, where=where)
+        y = checks.labels(y, "labels", num_classes=num_classes, where=where).cpu()
+        if len(y) == 0:
+            raise checks.BadInput(f"{where}: labels must hold at least one label, got none")
         self.num_classes = int(num_classes if num_classes is not None else y.max() + 1)
         self.by_class = [torch.nonzero(y == c).flatten() for c in range(self.num_classes)]
         empty = [c for c, idx in enumerate(self.by_class) if len(idx) == 0]
@@ -441,6 +474,7 @@ class ClassSampler:
             raise ValueError(f"ClassSampler: classes {empty} have no samples")
 
     def indices(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        checks.integer(n, "n (samples per class)", low=0, where="ClassSampler.indices")
         short = [c for c, idx in enumerate(self.by_class) if len(idx) < n]
         if short:
             raise ValueError(f"ClassSampler: asked for {n} per class but classes {short} have fewer samples")

@@ -13,6 +13,7 @@ profiles must define the same keys, so a run record's configuration is always co
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 __all__ = ["PROFILES", "EXPERIMENTS", "Config", "get"]
@@ -60,14 +61,14 @@ EXPERIMENTS.update({
     "poisonability-gauss": {
         "common": dict(n_samples=1000, n_features=10, train_fraction=0.8, eps_w=0.5, clean_epochs=200, clean_lr=1.0,
                        gc_lr=12000.0, gc_momentum=0.9, retrain_epochs=500, retrain_lr=1.0, mlp_gc_lr=10.0),
-        "ci": dict(eps_list=[0.1, 1.0, 3.0], gc_epochs=200, mlp_gc_epochs=100),
+        "ci": dict(eps_list=[0.1, 1.0, 3.0], gc_epochs=100, mlp_gc_epochs=50),
         "cpu": dict(eps_list=[0.03, 0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0], gc_epochs=1000, mlp_gc_epochs=500),
         "paper": dict(eps_list=[0.03, 0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0], gc_epochs=1000, mlp_gc_epochs=500),
     },
     "poisonability-mnist17": {
         "common": dict(eps_w=0.4, clean_epochs=200, clean_lr=1.0, gc_lr=2500.0, gc_momentum=0.9,
                        retrain_epochs=300, retrain_lr=1.0),
-        "ci": dict(dataset="mnist5k", train_size=200, eps_list=[0.1, 1.0], gc_epochs=100),
+        "ci": dict(dataset="mnist5k", train_size=100, eps_list=[0.1, 1.0], gc_epochs=50),
         "cpu": dict(dataset="mnist5k", train_size=None, eps_list=[0.03, 0.1, 0.3, 1.0, 3.0], gc_epochs=1000),
         "paper": dict(dataset="mnist", train_size=None, eps_list=[0.03, 0.1, 0.3, 1.0, 3.0], gc_epochs=1000),
     },
@@ -80,7 +81,7 @@ EXPERIMENTS.update({
     "poisonability-scaling": {
         "common": dict(eps_w=0.15, eps_list=[0.03, 0.1, 1.0], clean_epochs=300, clean_lr=0.5, gc_lr=10.0,
                        retrain_epochs=100, retrain_lr=0.1),
-        "ci": dict(dataset="mnist5k", train_size=300, test_size=300, gc_epochs=20),
+        "ci": dict(dataset="mnist5k", train_size=150, test_size=150, gc_epochs=5),
         "cpu": dict(dataset="mnist5k", train_size=None, test_size=None, gc_epochs=1000),
         "paper": dict(dataset="mnist", train_size=None, test_size=None, gc_epochs=1000),
     },
@@ -114,12 +115,12 @@ EXPERIMENTS.update({
                        gradpc_step=0.1, gradpc_batch=64, gc_momentum=0.9, victim_lr=0.1, victim_batch=64,
                        tgda_leader_lr=0.05, tgda_cg_iters=10, tgda_damping=0.01, gm_lr=0.01, gm_eps_x=16 / 255,
                        maxup_m=4, maxup_sigma=0.1, images=8, gcplus_lr=0.03),
-        "ci": dict(reach=_reach31("digits", 400), eps_w_list=[0.01, 0.1, 0.5, 1.0], runs=2, tgda_epochs=3, tgda_hessian_batch=64, gm_steps=5, tau_max=3.0, settings=[
+        "ci": dict(reach=dict(_reach31("digits", 200), gc_epochs=300, lbfgs_iters=300), eps_w_list=[0.01, 0.1, 0.5, 1.0], runs=2, tgda_epochs=3, tgda_hessian_batch=64, gm_steps=5, tau_max=3.0, settings=[
             _gc31("mnist-lr", "mnist5k", "lr", 100, 5, 50.0, 10, _ALL31, n_val=100, n_test=200,
                   tau_paper=_TAU31["lr"], influence=False, fig3_eps_w=(0.01, 0.1)),
             _gc31("mnist-nn", "mnist5k", "mlp", 60, 5, 50.0, 10, ["gc", "defenses"], hidden=16, n_val=100,
                   n_test=200, tau_paper=_TAU31["mlp"], sever_params=_LAST31["mlp"]),
-            _gc31("mnist-cnn", "mnist5k", "cnn", 20, 1, 10.0, 2, ["pc", "gc"], n_val=50, n_test=100,
+            _gc31("mnist-cnn", "mnist5k", "cnn", 20, 1, 10.0, 1, ["pc", "gc"], n_val=50, n_test=100,
                   tau_paper=_TAU31["cnn"], sever_params=_LAST31["cnn"]),
         ]),
         "cpu": dict(reach=_reach31("mnist5k", 1000), eps_w_list=_EPSW31, runs=3, tgda_epochs=40, tgda_hessian_batch=256, gm_steps=100, tau_max=3.0, settings=[
@@ -185,6 +186,29 @@ EXPERIMENTS.update({
     },
 })
 
+# Chapter 50, "Unlearnable examples" (D-VAE paper, Yu et al. 2024, Tables 2, 3, 6; attacks of its appendix E.1).
+# The victim is the DC ConvNet (the paper: ResNet-18); cpu/ci reduce data, epochs and the attacks' inner loops.
+_UE_ATTACKS = ["em", "rem", "tap", "lsp", "ar", "ops"]
+_UE_DEFENCES = ["none", "at", "jpeg", "grayscale", "bdr"]
+EXPERIMENTS.update({
+    "unlearnable-table": {
+        "common": dict(attacks=_UE_ATTACKS, defences=_UE_DEFENCES, eps=8 / 255, at_eps=8 / 255, lsp_norm="1.0",
+                       ar_norm=1.0, victim_augment="crop_flip", tap_restarts=1, em_steps=20, em_train_steps=10,
+                       rem_steps=10),
+        "ci": dict(model="convnet", datasets=["fashion-mnist-rgb"], train_size=160, test_size=200, width=16, depth=3,
+                   epochs=3, lr=0.05, batch_size=64, surrogate_lr=0.05, em_max_passes=1, rem_max_passes=1,
+                   rem_samples=1, rem_adv_steps=1, tap_alpha=2 / 255, tap_steps=5, at_epochs=1, at_steps=2,
+                   at_alpha=10 / 255),
+        "cpu": dict(model="convnet", datasets=["fashion-mnist-rgb"], train_size=2000, test_size=2000, width=16, depth=3, epochs=15,
+                    lr=0.05, batch_size=128, surrogate_lr=0.05, em_max_passes=8, rem_max_passes=2, rem_samples=1,
+                    rem_adv_steps=2, tap_alpha=2 / 255, tap_steps=100, at_epochs=10, at_steps=3, at_alpha=5 / 255),
+        "paper": dict(model="resnet18", datasets=["cifar10", "cifar100"], train_size=None, test_size=None, width=128, depth=3,
+                      epochs=60, lr=0.1, batch_size=128, surrogate_lr=0.1, em_max_passes=100, rem_max_passes=100,
+                      rem_samples=5, rem_adv_steps=10, tap_alpha=2 / 255, tap_steps=250, at_epochs=60, at_steps=10,
+                      at_alpha=1.6 / 255),
+    },
+})
+
 def _check_registry() -> None:
     for name, entry in EXPERIMENTS.items():
         missing = [p for p in PROFILES if p not in entry]
@@ -200,7 +224,7 @@ def _check_registry() -> None:
 
 
 def get(experiment: str, profile: str, **overrides: Any) -> Config:
-    """The settings of ``experiment`` in ``profile``, with ``overrides`` of existing keys applied.
+    """The settings of ``experiment`` in ``profile``, with ``overrides`` of existing keys (and ``seed``) applied.
 
     Raises ``ValueError`` for an unknown profile, experiment or override key, naming the valid ones.
     """
@@ -209,7 +233,9 @@ def get(experiment: str, profile: str, **overrides: Any) -> Config:
     if experiment not in EXPERIMENTS:
         raise ValueError(f"Unknown experiment {experiment!r}; known: {', '.join(sorted(EXPERIMENTS))}")
     entry = EXPERIMENTS[experiment]
-    cfg = Config({**entry.get("common", {}), **entry[profile]})
+    # deep copies: a caller appending to a returned list must not change the registry (or later calls)
+    cfg = Config(copy.deepcopy({**entry.get("common", {}), **entry[profile]}))
+    cfg["seed"] = overrides.pop("seed", cfg.get("seed", 0))  # every run record names its seed
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
         raise ValueError(f"Unknown setting(s) {unknown} for experiment {experiment!r}; "
@@ -220,3 +246,105 @@ def get(experiment: str, profile: str, **overrides: Any) -> Config:
 
 
 _check_registry()
+
+
+# Chapter 40, "Are condensed datasets robust?" (GUARD, papers/002: Tables 1-2, Figure 2, appendices D-F). `plan`:
+# per paper dataset (`name`, the metric prefix the published values pair with) the book's dataset that stands in for
+# it and the images per class. `loops`: DC's (outer, inner) per ipc; the cpu profile cuts ipc 10's inner loop from 50
+# to 5 epochs and runs 2 iterations. Sizes from process-CPU-time of single pieces on Fashion-MNIST (width 32, 32 real
+# images per class, one thread, measured under load): one iteration at ipc 10 DC ~8 s, GUARD ~23 s (the double
+# backward); one evaluation network 100 epochs at ipc 10 ~7 s; clean + 3 PGD-10 attacks on 300 images + lambda_1 on
+# 64 images ~13 s per network; extrapolated total ~22 min of one core at the sizes below. Evaluation: no augmentation (the
+# fork's CURE evaluation applies none), SGD lr 0.01 with the DC protocol. `appendix_e`/`appendix_f`: (name, ipc)
+# settings that also get adversarial training on the DC set / ART's PGD and Square on DC and GUARD networks.
+_G40_METHODS = ["dc", "dsa", "dm", "guard", "guard-code"]
+EXPERIMENTS.update({
+    "guard-robustness": {
+        "common": dict(methods=_G40_METHODS, lam=100.0, h=0.6,
+                       appendix_f_attacks=["pgd", "square"], seed=0),
+        "ci": dict(plan=[dict(name="mnist", dataset="digits", ipcs=[1])], train_size=None,
+                   iterations={"dc": {1: 3}, "dm": {1: 20}}, loops={1: [1, 1]}, width=16, depth=2, batch_real=16,
+                   eval_models=2, eval_epochs=30, test_size=150, curv_size=16, curv_iters=8,
+                   appendix_e=[["mnist", 1]], appendix_f=[["mnist", 1]], appendix_f_n=30, appendix_f_steps=10,
+                   checkpoint=False, threads=1),
+        "cpu": dict(plan=[dict(name="mnist", dataset="mnist5k", ipcs=[1, 10]),
+                          dict(name="fashion-mnist", dataset="fashion-mnist", ipcs=[1, 10])], train_size=None,
+                    iterations={"dc": {1: 20, 10: 2}, "dm": {1: 100, 10: 100}}, loops={1: [1, 1], 10: [10, 5]},
+                    width=32, depth=3, batch_real=32, eval_models=3, eval_epochs=60, test_size=200, curv_size=32,
+                    curv_iters=10, appendix_e=[["mnist", 10]], appendix_f=[["mnist", 10]], appendix_f_n=100,
+                    appendix_f_steps=100, checkpoint=True, threads=1),
+        "paper": dict(plan=[dict(name="mnist", dataset="mnist", ipcs=[1, 10]),
+                            dict(name="cifar10", dataset="cifar10", ipcs=[1, 10])], train_size=None,
+                      iterations={"dc": {1: 1000, 10: 1000}, "dm": {1: 20_000, 10: 20_000}},
+                      loops={1: [1, 1], 10: [10, 50]}, width=128, depth=3, batch_real=256, eval_models=50,
+                      eval_epochs=1000, test_size=10000, curv_size=256, curv_iters=50,
+                      appendix_e=[["mnist", 10], ["cifar10", 10]], appendix_f=[["mnist", 10], ["cifar10", 10]],
+                      appendix_f_n=1000, appendix_f_steps=100, checkpoint=True, threads=None),
+    },
+    "guard-curvature": {
+        "common": dict(fd_steps=[0.6, 0.1, 0.01, 0.001, 0.0001, 0.00001], rho=0.5, seed=0, power_iters=100, pgd_steps=50),
+        "ci": dict(datasets=[["digits", 500]], width=16, depth=2, epochs=5, n=16, threads=1),
+        "cpu": dict(datasets=[["digits", 1000], ["mnist5k", 2000]], width=32, depth=2, epochs=10, n=64, threads=1),
+        "paper": dict(datasets=[["digits", 1000], ["mnist", None]], width=128, depth=3, epochs=20, n=256,
+                      threads=None),
+    },
+})
+_check_registry()
+
+
+# Chapter 51, "Purifying unlearnable examples with D-VAE" (Yu et al. 2024, papers/003: Figure 2, Tables 1, 2, 7, 10).
+# The unlearnable sets and the victim are chapter 50's (`ue_profile` of "unlearnable-table"); `n_train` of its images
+# are purified. VAE settings are the paper's (Adam 5e-3, cosine, lambda 0.01, clip 5) except width/latent/epochs/batch:
+# at width 8 one D-VAE step costs ~0.03 s per 32x32 image on the shared 2-core machine (width 64: ~0.2 s), so cpu
+# trains 8 epochs of batch 32 (paper 60 of batch 128). kld1/kld2 None: chosen from the `targets` sweep by Sec. 3.5's
+# PSNR rule (`select_targets`); `targets` is a grid around the paper's 1.0/3.0 (our KLD sums fewer latent channels).
+EXPERIMENTS.update({
+    "dvae-purification": {
+        "common": dict(dataset="fashion-mnist-rgb", kld_weight=0.01, vae_lr=5e-3, extra_term=False, embed="paper",
+                       jpeg_qualities=[2, 5, 10, 30, 50, 70, 90], kld1=None, kld2=None, table1=True,
+                       defences=["none", "jpeg", "dvae_x1", "dvae_x2", "dvae", "dvae_mean"]),
+        "ci": dict(ue_profile="ci", ue_overrides={}, n_train=None, fig2_attack="lsp", attacks=["lsp", "ops"],
+                   targets=[0.5, 2.0], vae_width=4, vae_latent=8, vae_epochs=2, vae_batch_size=64),
+        "cpu": dict(ue_profile="cpu", ue_overrides={}, n_train=1000, fig2_attack="em", attacks=["em", "lsp", "ops"],
+                    targets=[0.25, 0.5, 1.0, 2.0, 4.0], vae_width=8, vae_latent=32, vae_epochs=8, vae_batch_size=32),
+        "paper": dict(ue_profile="paper", ue_overrides={}, n_train=None, fig2_attack="em",
+                      attacks=["em", "rem", "tap", "lsp", "ar", "ops"], targets=[0.5, 1.0, 2.0, 3.0, 5.0, 10.0],
+                      vae_width=64, vae_latent=256, vae_epochs=60, vae_batch_size=128),
+    },
+})
+_check_registry()
+
+# Chapter 20, "Poisoned deviation and robust DM" (Zheng & Li 2023, RDM-DC, papers/000). Mixtures: D = N(0, I), B =
+# N(delta, I); `alpha` the boundary of Sec. 4.3's remark, `alpha_cal` the Lemma 4.1 distance for the calibrated mean.
+# Real features: one class (`source_class`), poisons = its own images moved by l_inf PGD towards the feature mean of
+# `target_class` under one fresh ConvNet; fractions are of the class (Sec. 4.3). Clean utility: eps is the class
+# fraction of Table 2's attack (1% of a 10-class dataset, all in one class = 10%). cpu sized from timed pieces on the
+# shared 2-core machine (one thread, other jobs running): DM at ipc 10, width 32, batch 256: 3.6-3.7 s/iteration with
+# the mean or the calibrated mean; evaluation 0.77 s/epoch; so 5 x (25 x 3.7 + 3 x 20 x 0.77) ~ 12 min, plus the
+# mixtures (~20 s) and the real features (timed separately) for the chapter's ~15 minutes.
+_RDM_EPS = [0.01, 0.02, 0.04, 0.08]
+EXPERIMENTS.update({
+    "robust-dm-mixture": {
+        "common": dict(sigma=1.0, distance=20.0, alpha=5.0, alpha_cal=6.0, per_coord=1.0, eps_d=0.05,
+                       power_iterations=50),
+        "ci": dict(n=4000, d=20, reps=4, eps_grid=_RDM_EPS, d_grid=[8, 32, 128]),
+        "cpu": dict(n=20000, d=50, reps=8, eps_grid=_RDM_EPS, d_grid=[8, 32, 128, 512]),
+        "paper": dict(n=20000, d=50, reps=8, eps_grid=_RDM_EPS, d_grid=[8, 32, 128, 512]),
+    },
+    "robust-dm-features": {
+        "common": dict(dataset="fashion-mnist", source_class=0, target_class=6, fractions=[0.01, 0.05, 0.1],
+                       eps_x=[64 / 255, 128 / 255], batch=256, power_iterations=50),
+        "ci": dict(class_size=400, draws=2, width=16, depth=2, pgd_steps=3),
+        "cpu": dict(class_size=2000, draws=8, width=64, depth=3, pgd_steps=20),
+        "paper": dict(class_size=6000, draws=20, width=128, depth=3, pgd_steps=40),
+    },
+    "robust-dm-clean": {
+        "common": dict(eps=0.1, lr=1.0, momentum=0.5, power_iterations=50),
+        "ci": dict(dataset="digits", train_size=None, test_size=None, ipc=2, iterations=5, batch_real=64,
+                   width=16, depth=2, eval_models=2, eval_epochs=20, threads=1),
+        "cpu": dict(dataset="fashion-mnist", train_size=10000, test_size=2000, ipc=10, iterations=25,
+                    batch_real=256, width=32, depth=3, eval_models=3, eval_epochs=20, threads=1),
+        "paper": dict(dataset="cifar10", train_size=None, test_size=None, ipc=50, iterations=20_000,
+                      batch_real=256, width=128, depth=3, eval_models=20, eval_epochs=1000, threads=None),
+    },
+})

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .cache import atomic_write_text, repo_root, source_hash
+from . import __version__, checks
+from .cache import CorruptFile, atomic_write_text, repo_root, source_hash
+from .profiles import PROFILES
 
 __all__ = ["Published", "PUBLISHED", "results_dir", "record_path", "save_record", "load_record",
            "load_records", "tabulate", "published", "report", "git_commit"]
@@ -163,15 +164,111 @@ PUBLISHED += [
               note="DC, 10 img/cls, clean accuracy (%) as re-measured by GUARD"),
 ]
 
+# Chapter 50, "Unlearnable examples": D-VAE paper (Yu et al. 2024), clean test accuracy (%) of ResNet-18 trained on
+# unlearnable CIFAR-10 (Table 2, l_inf 8/255, l_2 1.0, l_0 1), CIFAR-100 (Table 3) and CIFAR-10 with larger bounds
+# (Table 5, l_inf 16/255, l_2 4.0), by attack and defence; Table 6's mean performance drop against clean training
+# (points, over the paper's 8 attacks; ISS = its JPEG column). Metric "<dataset>.<attack>.<defence>.test_acc".
+# Rows or columns the book does not run: NTGA, SEP (attacks), AA, AVATAR, LFU (defences) are registered for the
+# report and marked in the note. D-VAE's own column ("Ours") belongs to chapter 51.
+_DVAE, _CH50 = "Yu et al. 2024 (D-VAE)", "50-unlearnable-examples"
+_NOT_RUN = {"ntga": "attack not run (needs JAX neural tangents)", "sep": "attack not run (needs checkpoint ensembles)",
+            "aa": "defence not run (adversarial augmentations)", "avatar": "defence not run (needs a pretrained "
+            "diffusion model)", "lfu": "defence not run (LFU)", "iss_best": "best of BDR, grayscale and JPEG"}
+_T2_COLS = ("none", "at", "aa", "bdr", "grayscale", "jpeg", "avatar", "lfu")
+_T2 = {"clean": (94.57, 85.17, 92.27, 88.95, 92.74, 85.47, 89.61, 86.78),
+       "ntga": (11.10, 83.63, 77.92, 57.80, 65.26, 78.97, 80.72, 82.21),
+       "em": (12.26, 84.43, 67.11, 81.91, 19.50, 85.61, 89.54, 65.17),
+       "tap": (25.44, 83.89, 55.84, 80.18, 21.50, 84.99, 89.13, 53.46),
+       "rem": (22.43, 86.01, 64.99, 32.36, 62.35, 84.40, 86.06, 33.81),
+       "sep": (6.63, 83.48, 61.07, 81.21, 8.47, 84.97, 89.56, 74.14),
+       "lsp": (13.14, 84.56, 80.39, 40.25, 73.63, 79.91, 81.15, 87.76),
+       "ar": (12.50, 82.01, 49.14, 29.14, 36.18, 84.97, 89.64, 23.51),
+       "ops": (22.03, 9.48, 64.02, 19.58, 19.43, 77.33, 71.62, 86.46)}
+_T3_COLS = ("none", "at", "aa", "iss_best", "avatar", "lfu")
+_T3 = {"clean": (77.61, 59.65, 69.09, 71.59, 61.09, 33.12), "em": (12.30, 59.07, 42.89, 61.91, 61.09, 29.54),
+       "tap": (13.44, 57.91, 35.10, 57.33, 60.47, 29.90), "rem": (16.80, 59.34, 50.12, 58.13, 60.90, 31.06),
+       "sep": (4.66, 57.93, 27.77, 57.76, 59.80, 32.03), "lsp": (2.91, 58.93, 53.28, 53.06, 52.17, 34.61),
+       "ar": (2.71, 58.77, 26.77, 56.60, 60.33, 30.09), "ops": (12.56, 7.28, 36.78, 54.45, 44.24, 30.40)}
+_T5 = {"em": (10.09, 84.02, 49.23, 83.62, 85.61, 78.78), "tap": (18.45, 83.46, 52.92, 84.98, 89.43, 22.23),
+       "rem": (23.22, 35.41, 50.92, 75.50, 52.26, 83.10), "sep": (12.05, 83.98, 56.71, 85.00, 88.96, 70.49),
+       "lsp": (15.45, 79.10, 59.10, 41.41, 41.70, 44.48)}
+
+
+def _ue_note(attack: str, defence: str, table: str) -> str:
+    why = "; ".join(_NOT_RUN[k] for k in (attack, defence) if k in _NOT_RUN)
+    return f"{table}: {attack} / {defence}" + (f" ({why})" if why else "")
+
+
+for _ds, _exp, _src, _tab, _cols in (("cifar10", "attack-table", "Table 2", _T2, _T2_COLS),
+                                     ("cifar100", "attack-table", "Table 3", _T3, _T3_COLS),
+                                     ("cifar10-large", "attack-table-large", "Table 5", _T5, _T3_COLS)):
+    PUBLISHED += [Published(_CH50, _exp, f"{_ds}.{_a}.{_d}.test_acc", _v, _DVAE, _src, note=_ue_note(_a, _d, _src))
+                  for _a, _vals in _tab.items() for _d, _v in zip(_cols, _vals)]
+PUBLISHED += [Published(_CH50, "attack-table", f"cifar10.mean_drop.{_d}", _v, _DVAE, "Table 6",
+                        note=f"mean drop vs clean (points), {_d}" + (f" ({_NOT_RUN[_d]})" if _d in _NOT_RUN else ""))
+              for _d, _v in (("at", 19.89), ("aa", 29.51), ("jpeg", 11.93), ("avatar", 9.90), ("lfu", 31.38))]
+
+# Chapter 40, "Are condensed datasets robust?": GUARD (papers/002), Table 1 (ConvNet, 10 ipc, clean and l_inf*
+# robust accuracy %) and Table 2 (robust accuracy % under l_inf*, l_inf, l_2, mean ± std over evaluation networks).
+# Metric "<dataset>.ipc<k>.<method>.<clean|linf*|linf|l2>_mean" of experiment "guard-robustness"; the cpu profile
+# runs MNIST-5k under the "mnist" prefix. Methods the book does not run (DD, MTT, DiM, FRePo) are registered too.
+_CH40, _GUARD = "40-robust-condensation-guard", "GUARD (papers/002)"
+_G40_T1 = {"mnist": {"dd": ((79.5, 8.1), (0.0, 0.0)), "dc": ((96.4, 0.1), (0.0, 0.0)), "mtt": ((97.3, 0.1), (0.0, 0.0)),
+                     "dim": ((98.6, 0.2), (0.0, 0.0)), "frepo": ((98.6, 0.1), (0.0, 0.0))},
+           "cifar10": {"dd": ((36.8, 1.2), (1.0, 0.3)), "dc": ((45.3, 0.5), (0.3, 0.1)), "mtt": ((65.3, 0.7), (0.1, 0.0)),
+                       "dim": ((66.2, 0.5), (0.0, 0.0)), "frepo": ((65.5, 0.4), (0.9, 0.6))}}
+for _ds, _ms in _G40_T1.items():
+    for _m, ((_c, _cs), (_r, _rs)) in _ms.items():
+        PUBLISHED += [Published(_CH40, "guard-robustness", f"{_ds}.ipc10.{_m}.clean_mean", _c, _GUARD, "Table 1", std=_cs),
+                      Published(_CH40, "guard-robustness", f"{_ds}.ipc10.{_m}.linf*_mean", _r, _GUARD, "Table 1",
+                                std=_rs)]
+_G40_COLS = ("dd", "dc", "dsa", "dm", "mtt", "frepo", "guard")
+_G40_T2 = {  # (dataset, ipc, attack): values per column of _G40_COLS as (mean, std), None = "-"
+    ("mnist", 1, "linf*"): (None, (0.3, 0.2), (0.2, 0.1), (0.2, 0.2), (0.0, 0.0), (0.0, 0.0), (0.7, 0.2)),
+    ("mnist", 1, "linf"): (None, (50.0, 1.8), (50.4, 1.8), (52.0, 1.9), (44.6, 1.9), (36.2, 3.8), (55.6, 0.2)),
+    ("mnist", 1, "l2"): (None, (63.6, 1.1), (63.5, 1.0), (65.8, 1.1), (62.2, 1.9), (59.1, 2.3), (66.2, 0.5)),
+    ("mnist", 10, "linf*"): ((0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.5, 0.2)),
+    ("mnist", 10, "linf"): ((34.3, 4.1), (68.0, 1.9), (71.2, 1.6), (65.3, 2.7), (63.7, 2.0), (54.3, 3.7), (74.6, 0.5)),
+    ("mnist", 10, "l2"): ((52.1, 2.6), (80.5, 0.8), (81.5, 0.6), (78.6, 1.2), (74.3, 1.3), (74.4, 2.0), (81.8, 0.4)),
+    ("cifar10", 1, "linf*"): (None, (2.1, 0.4), (3.1, 0.5), (2.1, 0.7), (0.1, 0.1), (0.4, 0.3), (4.7, 0.3)),
+    ("cifar10", 1, "linf"): (None, (17.5, 0.6), (17.7, 0.6), (14.6, 0.9), (10.3, 1.0), (7.6, 0.8), (19.3, 0.4)),
+    ("cifar10", 1, "l2"): (None, (21.8, 0.5), (22.0, 0.4), (18.8, 0.6), (17.0, 1.1), (11.2, 0.9), (22.5, 0.2)),
+    ("cifar10", 10, "linf*"): ((1.0, 0.3), (0.3, 0.1), (0.3, 0.1), (0.3, 0.1), (0.1, 0.0), (0.9, 0.6), (1.9, 0.3)),
+    ("cifar10", 10, "linf"): ((14.3, 0.7), (18.8, 0.9), (17.7, 0.8), (14.8, 0.8), (15.5, 0.8), (12.6, 0.6), (23.5, 0.4)),
+    ("cifar10", 10, "l2"): ((18.6, 0.6), (27.2, 0.8), (26.1, 0.7), (22.4, 1.0), (27.0, 0.8), (17.2, 0.7), (28.2, 0.2)),
+}
+for (_ds, _k, _a), _vals in _G40_T2.items():
+    PUBLISHED += [Published(_CH40, "guard-robustness", f"{_ds}.ipc{_k}.{_m}.{_a}_mean", _v[0], _GUARD, "Table 2",
+                            std=_v[1]) for _m, _v in zip(_G40_COLS, _vals) if _v is not None]
+
+# Chapter 20, "Poisoned deviation and robust DM": Zheng & Li 2023 (RDM-DC, papers/000), Table 2, Test Acc column (%):
+# CIFAR-10, ipc 50, 20,000 DM iterations, under DM poisoning (eps 64/255, 1%); metric "<estimator>.acc_mean" of the
+# clean-utility record (the chapter condenses clean data at reduced scale; see the record's scale).
+_CH20, _RDM = "20-poisoned-deviation-and-robust-dm", "Zheng & Li 2023 (RDM-DC)"
+PUBLISHED += [Published(_CH20, "clean-utility", f"{_m}.acc_mean", _v, _RDM, "Table 2", std=_s,
+                        note=f"{_lab}, CIFAR-10 ipc 50, test accuracy (%) under DM poisoning")
+              for _m, _lab, _v, _s in (("mean", "DM", 59.25, 0.33), ("median", "DM + Median", 44.08, 0.57),
+                                       ("trimmed_mean", "DM + Trim", 51.14, 0.73),
+                                       ("truncated_mean", "DM + Truncated", 57.04, 0.45),
+                                       ("calibrated_mean", "RDM-DC", 57.65, 0.44))]
+
+
 def results_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
+    checks.choice(profile, "profile", PROFILES, where="results")
     return Path(root or repo_root() / "results") / profile
 
 
 def record_path(profile: str, chapter: str, experiment: str, root: str | os.PathLike | None = None) -> Path:
+    """``<root>/<profile>/<chapter>/<experiment>.json``; names are plain (no separators, no ``..``)."""
     for part, value in (("chapter", chapter), ("experiment", experiment)):
-        if not value or "/" in value or value.startswith("."):
-            raise ValueError(f"{part} must be a plain name without '/', got {value!r}")
-    return results_dir(profile, root) / chapter / f"{experiment}.json"
+        if not isinstance(value, str) or not value or any(c in value for c in "/\\\0") \
+                or value.startswith(".") or ".." in value:
+            raise checks.BadInput(f"{part} must be a plain name without '/', '\\' or '..', got {value!r}")
+    base = results_dir(profile, root)
+    path = base / chapter / f"{experiment}.json"
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise checks.BadInput(f"record path {path} leaves the results folder {base}; use plain names")
+    return path
 
 
 def git_commit() -> str:
@@ -207,16 +304,29 @@ def _clean(value: Any, where: str) -> Any:
 def save_record(profile: str, chapter: str, experiment: str, *, config: dict, metrics: dict,
                 seeds: list[int] | int, wall_time: float, device: str | torch.device = "cpu",
                 root: str | os.PathLike | None = None, **extra: Any) -> Path:
-    """Write a run record atomically; return its path."""
+    """Write a run record atomically (mode 0644); return its path.
+
+    ``profile`` is one of :data:`poisonbook.profiles.PROFILES`; ``seeds`` an int or a list of ints;
+    ``wall_time`` a finite number of seconds >= 0; ``extra`` keys may not overwrite the record's own.
+    """
+    where = "save_record"
     if not metrics:
-        raise ValueError("a run record needs at least one metric")
+        raise checks.BadInput(f"{where}: a run record needs at least one metric")
+    seed_list = [seeds] if not isinstance(seeds, (list, tuple)) else list(seeds)
+    seed_list = [checks.integer(s, "seeds (an int or a list of ints)", where=where) for s in seed_list]
+    wall_time = checks.number(wall_time, "wall_time (seconds)", low=0.0, where=where)
+    clash = sorted(set(extra) & _RECORD_KEYS)
+    if clash:
+        raise checks.BadInput(f"{where}: extra entries {clash} would overwrite the record's own fields; "
+                              f"rename them (reserved: {', '.join(sorted(_RECORD_KEYS))})")
+    path = record_path(profile, chapter, experiment, root)
     record = {
         "schema": SCHEMA,
         "profile": profile,
         "chapter": chapter,
         "experiment": experiment,
         "config": _clean(dict(config), "config"),
-        "seeds": [seeds] if isinstance(seeds, int) else list(seeds),
+        "seeds": seed_list,
         "metrics": _clean(dict(metrics), "metrics"),
         "device": str(device),
         "wall_time_s": round(float(wall_time), 3),
@@ -228,13 +338,23 @@ def save_record(profile: str, chapter: str, experiment: str, *, config: dict, me
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **_clean(extra, "extra"),
     }
-    path = record_path(profile, chapter, experiment, root)
-    return atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+_RECORD_KEYS = {"schema", "profile", "chapter", "experiment", "config", "seeds", "metrics", "device", "wall_time_s",
+                "library_version", "source_hash", "git_commit", "torch", "python", "created"}
 
 
 def load_record(path: str | os.PathLike) -> dict:
-    with open(path) as f:
-        record = json.load(f)
+    """A run record; :class:`~poisonbook.cache.CorruptFile` naming the file when it is not a complete record."""
+    fix = "delete it and run the experiment again (POISONBOOK_RECORDS=refresh re-runs every record)"
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFile(f"{path} is not valid JSON ({err}); {fix}") from err
+    if not isinstance(record, dict):
+        raise CorruptFile(f"{path} holds a {type(record).__name__}, not a run record; {fix}")
     if record.get("schema") != SCHEMA:
         raise ValueError(f"{path}: unknown run-record schema {record.get('schema')!r}")
     return record

@@ -20,16 +20,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .cache import Checkpoint
-from .data import check_images
+from . import checks
+from .cache import Checkpoint, fingerprint
 
 __all__ = ["seed_everything", "choose_device", "fit", "evaluate", "predict", "model_device"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed ``random``, numpy and torch; return a fresh ``torch.Generator`` seeded with ``seed``."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = checks.integer(seed, "seed", where="seed_everything")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -59,8 +58,8 @@ def _lr_factor(schedule: str, epochs: int, milestones: tuple[float, ...]) -> Cal
         marks = [int(m * epochs) for m in milestones]
         return lambda e: 0.1 ** sum(e >= m for m in marks)
     if schedule == "cosine":
-        return lambda e: 0.5 * (1 + math.cos(math.pi * e / epochs))
-    raise ValueError(f"Unknown schedule {schedule!r}; choose constant, step or cosine")
+        return lambda e: 0.5 * (1 + math.cos(math.pi * e / max(epochs, 1)))  # epochs=0 trains nothing
+    raise AssertionError(schedule)
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
@@ -81,27 +80,36 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
       run's checkpoint makes a repeated call return at once.
     * ``callback(epoch, model, history)``: called after every epoch (raising in it stops training).
 
-    Data may live on any device; batches are moved to the model's device.
+    Data may live on any device; batches are moved to the model's device. Images may be in any
+    range (the condensation protocol trains on standardised images); the
+    labels are checked against the model's number of logits (:func:`poisonbook.checks.model_labels`). A loss that
+    becomes NaN or infinite stops training with a ``FloatingPointError`` naming the epoch.
     """
-    check_images(x, y, where="fit")
-    if epochs < 0 or lr <= 0 or batch_size < 1:
-        raise ValueError(f"fit needs epochs >= 0, lr > 0, batch_size >= 1 (got {epochs}, {lr}, {batch_size})")
+    where = "fit"
+    x = checks.images(x, "x", domain=None, where=where)
+    epochs = checks.integer(epochs, "epochs", where=where)
+    lr = checks.number(lr, "lr", low=0.0, low_open=True, where=where)
+    batch_size = checks.integer(batch_size, "batch_size", low=1, where=where)
+    momentum = checks.fraction(momentum, "momentum", where=where)
+    weight_decay = checks.number(weight_decay, "weight_decay", low=0.0, where=where)
+    checks.choice(optimizer, "optimizer", ("sgd", "adam"), where=where)
+    checks.choice(schedule, "schedule", ("constant", "step", "cosine"), where=where)
+    checks.integer(seed, "seed", where=where)
+    y = checks.model_labels(model, x, y, "y", where=where)
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    elif optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     else:
-        raise ValueError(f"Unknown optimizer {optimizer!r}; choose sgd or adam")
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(schedule, epochs, milestones))
     gen = torch.Generator().manual_seed(seed)
     history: dict = {"loss": [], "seconds": 0.0}
     start = 0
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         config = dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
-                      weight_decay=weight_decay, schedule=schedule, milestones=milestones, seed=seed, n=len(x),
-                      model=type(model).__name__)
+                      weight_decay=weight_decay, schedule=schedule, milestones=milestones, seed=seed,
+                      model=type(model).__name__, augment=augment, loss_fn=loss_fn, data=fingerprint(x, y))
         checkpoint = Checkpoint(checkpoint, config, every=checkpoint_every)
     if checkpoint is not None and (state := checkpoint.load()) is not None:
         model.load_state_dict(state["model"])
@@ -130,7 +138,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total += checks.finite_loss(loss, epoch, where, "lower the learning rate or check the "
+                                        "model's weights for NaN") * len(idx)
         sched.step()
         history["loss"].append(total / n)
         history["seconds"] += time.perf_counter() - t0
@@ -147,7 +156,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Predicted labels (on ``x``'s device), in eval mode; the model's mode is restored afterwards."""
-    check_images(x, where="predict")
+    x = checks.images(x, "x", domain=None, where="predict")
+    batch_size = checks.integer(batch_size, "batch_size", low=1, where="predict")
     was_training = model.training
     model.eval()
     device = model_device(model)
@@ -159,5 +169,6 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     """Accuracy of ``model`` on ``(x, y)`` in [0, 1]."""
-    check_images(x, y, where="evaluate")
+    x = checks.images(x, "x", domain=None, where="evaluate")
+    y = checks.model_labels(model, x, y, "y", where="evaluate")
     return (predict(model, x, batch_size) == y.to(x.device)).float().mean().item()

@@ -17,15 +17,13 @@ by the training function :func:`maxup_fit`, which trains the model it is given i
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ..data import check_features
+from .. import checks
 
 __all__ = ["per_sample_gradients", "per_sample_losses", "SeverResult", "sever_scores", "sever",
            "InfluenceResult", "influence_scores", "influence_removal", "maxup_loss", "maxup_fit"]
@@ -36,17 +34,12 @@ __all__ = ["per_sample_gradients", "per_sample_losses", "SeverResult", "sever_sc
 # =============================================================================
 
 
-def _check_frac(v, name: str, allow_zero: bool = True) -> float:
-    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-    if not ok or not ((0 <= float(v) if allow_zero else 0 < float(v)) and float(v) < 1):
-        raise ValueError(f"{name} must be a fraction in {'[0' if allow_zero else '(0'}, 1), got {v!r}")
-    return float(v)
-
-
-def _check_int(v, name: str, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return v
+def _data(model: nn.Module, X, y, where: str):
+    """Features, and labels checked against the model's outputs (:func:`poisonbook.checks.model_labels`)."""
+    if not isinstance(model, nn.Module):
+        raise checks.BadInput(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
+    X = checks.features(X, "features", where=where)
+    return X, checks.model_labels(model, X, y, "labels", where=where)
 
 
 def _split_params(model: nn.Module, param_names):
@@ -84,8 +77,8 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable, X, y, *, param_nam
     parameters (e.g. the last layer, as Koh & Liang 2017 do for Inception), in
     ``model.named_parameters()`` order. Processed in chunks of ``batch_size`` samples.
     """
-    check_features(X, y, "per_sample_gradients")
-    _check_int(batch_size, "batch_size")
+    X, y = _data(model, X, y, "per_sample_gradients")
+    checks.integer(batch_size, "batch_size", low=1, where="per_sample_gradients")
     if not callable(loss_fn):
         raise ValueError("loss_fn must be callable as loss_fn(outputs, y)")
     params, fixed = _split_params(model, param_names)
@@ -156,9 +149,9 @@ def sever(model: nn.Module, loss_fn: Callable, X, y, remove_frac, *, iterations:
     (required then). Scores: :func:`sever_scores` (absolute projection by default; ``squared``
     gives Sever's ``tau_i``, with the same ranking).
     """
-    check_features(X, y, "sever data")
-    frac = _check_frac(remove_frac, "remove_frac")
-    _check_int(iterations, "iterations")
+    X, y = _data(model, X, y, "sever")
+    frac = checks.fraction(remove_frac, "remove_frac", where="sever")
+    checks.integer(iterations, "iterations", low=1, where="sever")
     if iterations > 1 and not callable(refit):
         raise ValueError("iterations > 1 needs refit(X_keep, y_keep) -> nn.Module to retrain between rounds")
     N = len(X)
@@ -235,9 +228,8 @@ def influence_scores(model: nn.Module, loss_fn: Callable, X, y, *, X_ref=None, y
     ``H`` is ``P x P``: for networks, restrict ``param_names`` (e.g. the last layer, as Koh & Liang
     do for Inception).
     """
-    check_features(X, y, "influence data")
-    if not (isinstance(damping, numbers.Real) and math.isfinite(damping) and damping >= 0):
-        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+    X, y = _data(model, X, y, "influence_scores")
+    checks.number(damping, "damping", low=0.0, where="influence_scores")
     if (X_ref is None) != (y_ref is None):
         raise ValueError("give both X_ref and y_ref, or neither")
     params, fixed = _split_params(model, param_names)
@@ -252,7 +244,7 @@ def influence_scores(model: nn.Module, loss_fn: Callable, X, y, *, X_ref=None, y
         HinvG = torch.cholesky_solve(G.T, L)  # (P, N)
         s = (G.T * HinvG).sum(0)
     else:
-        check_features(X_ref, y_ref, "influence reference data")
+        X_ref, y_ref = _data(model, X_ref, y_ref, "influence_scores (reference data)")
         g_ref = per_sample_gradients(model, loss_fn, X_ref, y_ref, param_names=param_names,
                                      batch_size=batch_size).double().mean(0)
         s = G @ torch.cholesky_solve(g_ref[:, None], L).squeeze(1)
@@ -270,7 +262,7 @@ def influence_removal(model: nn.Module, loss_fn: Callable, X, y, remove_frac, *,
     data needed), ``X_ref, y_ref`` switches to the influence on a clean reference (validation)
     loss. See :func:`influence_scores`; ``remove_frac`` as in :func:`sever`. One round.
     """
-    frac = _check_frac(remove_frac, "remove_frac")
+    frac = checks.fraction(remove_frac, "remove_frac", where="influence_removal")
     s = influence_scores(model, loss_fn, X, y, X_ref=X_ref, y_ref=y_ref, damping=damping,
                          param_names=param_names, batch_size=batch_size)
     N = len(X)
@@ -284,6 +276,16 @@ def influence_removal(model: nn.Module, loss_fn: Callable, X, y, remove_frac, *,
 # =============================================================================
 # MaxUp (Gong, Ren, Ye & Liu, CVPR 2021)
 # =============================================================================
+
+
+def _in_domain(X, clamp, where: str) -> None:
+    """The noise augmentation clamps to ``clamp``: data outside it would be silently moved into it."""
+    if clamp is None:
+        return
+    lo, hi = (checks.number(c, "clamp", where=where) for c in clamp)
+    if len(X) and (float(X.min()) < lo - 1e-6 or float(X.max()) > hi + 1e-6):
+        raise checks.BadInput(f"{where}: the data lie in [{float(X.min()):g}, {float(X.max()):g}], outside "
+                              f"clamp=({lo:g}, {hi:g}); divide [0, 255] data by 255, or pass clamp=None")
 
 
 def _noise_augment(sigma: float, clamp):
@@ -309,12 +311,12 @@ def maxup_loss(model: nn.Module, loss_fn: Callable, x, y, *, m: int = 4, augment
     is never below the plain loss; Gong et al. do not include it). ``augment(x, generator)``
     receives the whole (m*B, ...) batch. Differentiable: use it as a training loss.
     """
-    check_features(x, y, "maxup batch")
-    _check_int(m, "m")
+    x, y = _data(model, x, y, "maxup_loss")
+    checks.integer(m, "m", low=1, where="maxup_loss")
     if augment is None:
-        if not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma >= 0):
-            raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
-        augment = _noise_augment(float(sigma), clamp)
+        sigma = checks.number(sigma, "sigma", low=0.0, where="maxup_loss")
+        _in_domain(x, clamp, "maxup_loss")
+        augment = _noise_augment(sigma, clamp)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     B = len(x)
     xa = augment(x.repeat(m, *([1] * (x.ndim - 1))), gen)
@@ -337,16 +339,19 @@ def maxup_fit(model: nn.Module, X, y, *, loss_fn: Callable, epochs: int, lr: flo
     constant ``lr``) is ours; the paper gives none. All randomness from one generator seeded
     with ``seed``. Returns the mean MaxUp loss of every epoch; the model ends in eval mode.
     """
-    check_features(X, y, "maxup_fit data")
-    _check_int(epochs, "epochs", lo=0)
-    _check_int(batch_size, "batch_size")
-    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    where = "maxup_fit"
+    X, y = _data(model, X, y, where)
+    checks.integer(epochs, "epochs", where=where)
+    checks.integer(batch_size, "batch_size", low=1, where=where)
+    checks.number(lr, "lr", low=0.0, low_open=True, where=where)
+    checks.fraction(momentum, "momentum", where=where)
+    if augment is None:
+        _in_domain(X, clamp, where)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum)
     gen = torch.Generator().manual_seed(seed)
     history, n = [], len(X)
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=gen).to(X.device)
         total = 0.0
         for k in range(0, n, batch_size):
@@ -356,7 +361,7 @@ def maxup_fit(model: nn.Module, X, y, *, loss_fn: Callable, epochs: int, lr: flo
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total += checks.finite_loss(loss, epoch, where) * len(idx)
         history.append(total / n)
     model.eval()
     return history

@@ -17,7 +17,6 @@ the target model's parameters are never modified.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, NamedTuple
 
 import torch
@@ -25,8 +24,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from .. import theory
-from ..data import check_features
+from .. import checks, theory
 
 __all__ = [
     "margin_loss_fn",
@@ -47,12 +45,30 @@ __all__ = [
 # =============================================================================
 
 
-def _check_positive_int(v, name: str, allow_none: bool = False, allow_zero: bool = False) -> None:
-    if v is None and allow_none:
+def _optional_int(v, name: str, where: str) -> int | None:
+    """``None`` (all at once) or an integer >= 1 (a batch size)."""
+    return None if v is None else checks.integer(v, name, low=1, where=where)
+
+
+def _data(model, loss_fn, X, y, name: str, where: str):
+    """Features and labels checked against the model (:func:`poisonbook.checks.model_labels`): class
+    indices below its number of logits, or +-1 for a one-logit margin loss (:func:`margin_loss_fn`)."""
+    X = checks.features(X, f"{name} features", where=where)
+    if model is None:
+        return X, checks.targets(y, f"{name} labels", n=len(X), where=where)
+    return X, checks.model_labels(model, X, y, f"{name} labels", where=where,
+                                  margin=getattr(loss_fn, "margin_loss", None) is not None)
+
+
+def _in_box(X, bounds, name: str, where: str) -> None:
+    """Data outside the projection box would be silently clamped into it, breaking the attack's own ball."""
+    if bounds is None or not len(X):
         return
-    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if allow_zero else 1):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a {kind} integer, got {v!r}")
+    lo, hi = bounds
+    if bool((X < lo - 1e-6).any()) or bool((X > hi + 1e-6).any()):
+        raise checks.BadInput(f"{where}: {name} lie in [{float(X.min()):g}, {float(X.max()):g}], outside the box "
+                              f"the poisons are projected onto; divide [0, 255] data by 255, or pass box=None "
+                              f"(or the data's own range)")
 
 
 def margin_loss_fn(loss: str = "logistic") -> Callable:
@@ -67,6 +83,7 @@ def margin_loss_fn(loss: str = "logistic") -> Callable:
     def fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return theory.margin_loss(y.to(out.dtype) * out.reshape(len(y)), loss).mean()
 
+    fn.margin_loss = loss  # labels must be +-1 (checked by the attacks)
     return fn
 
 
@@ -115,15 +132,13 @@ def parameter_gradient(model: nn.Module, loss_fn: Callable, X, y,
     Accumulated in mini-batches of ``batch_size`` (all at once when ``None``); the model is
     called in its current mode, its parameters' ``.grad`` and its buffers are left untouched.
     """
-    check_features(X, y, "parameter_gradient")
-    _check_positive_int(batch_size, "batch_size", allow_none=True)
+    X, y = _data(model, loss_fn, X, y, "data", "parameter_gradient")
+    _optional_int(batch_size, "batch_size", "parameter_gradient")
     return _Grad(model, loss_fn).mean(X, y, batch_size)
 
 
 def _check_weight_decay(weight_decay) -> float:
-    if not (isinstance(weight_decay, numbers.Real) and math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    return float(weight_decay)
+    return checks.number(weight_decay, "weight_decay", low=0.0)
 
 
 def mixed_gradient_norm(model: nn.Module, loss_fn: Callable, X_clean, y_clean, X_p, y_p,
@@ -135,8 +150,8 @@ def mixed_gradient_norm(model: nn.Module, loss_fn: Callable, X_clean, y_clean, X
     ``> 0`` the victim's objective has the L2 term ``weight_decay / 2 ||w||^2`` and its gradient
     ``weight_decay * w`` is added.
     """
-    check_features(X_clean, y_clean, "clean data")
-    check_features(X_p, y_p, "poisons")
+    X_clean, y_clean = _data(model, loss_fn, X_clean, y_clean, "clean", "mixed_gradient_norm")
+    X_p, y_p = _data(model, loss_fn, X_p, y_p, "poison", "mixed_gradient_norm")
     lam = _check_weight_decay(weight_decay)
     grad = _Grad(model, loss_fn)
     n, m = len(X_clean), len(X_p)
@@ -166,7 +181,7 @@ def _gc_init(X_clean, y_clean, m: int, init, gen: torch.Generator):
     if not isinstance(init, (tuple, list)) or len(init) != 2:
         raise ValueError("init must be a pair (X_p0, y_p0) of tensors")
     X0, y0 = init
-    check_features(X0, y0, "init")
+    X0, y0 = _data(None, None, X0, y0, "init", "init")
     if len(X0) != m or X0.shape[1:] != X_clean.shape[1:]:
         raise ValueError(f"init must hold round(eps_d * n) = {m} poisons shaped like the clean features "
                          f"{tuple(X_clean.shape[1:])}, got {tuple(X0.shape)}")
@@ -262,15 +277,17 @@ def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, ep
         norm on the mixed data, eq. 5 / Figures 1, 3, 7, plus ``weight_decay * w``) at the start
         of epoch ``t``; the last entry is after the final epoch.
     """
-    check_features(X_clean, y_clean, "clean data")
+    where = "gradient_canceling"
+    if not isinstance(model, nn.Module):
+        raise checks.BadInput(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
+    X_clean, y_clean = _data(model, loss_fn, X_clean, y_clean, "clean", where)
     eps = theory.check_eps_d(eps_d)
-    _check_positive_int(epochs, "epochs", allow_zero=True)
-    _check_positive_int(batch_size, "batch_size", allow_none=True)
-    if not (lr > 0 and math.isfinite(lr)) or not (0 <= momentum < 1):
-        raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={lr!r}, momentum={momentum!r}")
-    if optimizer not in _GC_OPTIMIZERS or labels not in _GC_LABELS:
-        raise ValueError(f"optimizer must be one of {_GC_OPTIMIZERS} and labels one of {_GC_LABELS}, "
-                         f"got optimizer={optimizer!r}, labels={labels!r}")
+    epochs = checks.integer(epochs, "epochs", where=where)
+    _optional_int(batch_size, "batch_size", where)
+    lr = checks.number(lr, "lr", low=0.0, low_open=True, where=where)
+    momentum = checks.fraction(momentum, "momentum", where=where)
+    checks.choice(optimizer, "optimizer", _GC_OPTIMIZERS, where=where)
+    checks.choice(labels, "labels", _GC_LABELS, where=where)
     lam = _check_weight_decay(weight_decay)
     n = len(X_clean)
     m = round(eps * n)
@@ -315,6 +332,8 @@ def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, ep
             res = (g_mu if r is None else r - g_b.detach()) + g_b  # the other points held fixed
             if k == 0:
                 norms.append(float((res.detach() if r is None else r).norm()) * scale)
+                checks.diverged(norms[-1], "||g(chi)||", epoch, where, "lower lr, or check the model's "
+                                "weights and the data for NaN")
             (gx,) = torch.autograd.grad(0.5 * res.pow(2).sum(), xb, allow_unused=True)  # eq. (34)
             with torch.no_grad():
                 X_p[idx] = X_p[idx] - step(idx, torch.zeros_like(xb) if gx is None else gx, lr_t, epoch + 1)
@@ -323,6 +342,7 @@ def gradient_canceling(model: nn.Module, loss_fn: Callable, X_clean, y_clean, ep
         if callback is not None and callback(epoch, X_p.clone(), norms[-1]):
             break
     norms.append(float(residual().norm()) * scale)
+    checks.diverged(norms[-1], "||g(chi)||", len(norms) - 1, where, "lower lr")
     return GCResult(X_p, y_p, norms)
 
 
@@ -399,19 +419,19 @@ def frank_wolfe_linear(w, X_clean, y_clean, eps_d, *, radius: float, center=None
     ``round(eps_d * n)`` points with :func:`measure_to_poisons` (the resampling Appendix B
     mentions).
     """
-    check_features(X_clean, y_clean, "clean data")
+    X_clean, y_clean = _data(None, None, X_clean, y_clean, "clean", "frank_wolfe_linear")
     eps = theory.check_eps_d(eps_d)
     if loss not in theory.MARGIN_LOSSES:
         raise ValueError(f"unknown margin loss {loss!r}; expected one of {theory.MARGIN_LOSSES}")
     theory._check_labels(y_clean.detach().cpu().double().numpy(), loss)
-    _check_positive_int(iters, "iters")
+    checks.integer(iters, "iters", low=1, where="frank_wolfe_linear")
+    checks.integer(n_grid, "n_grid", low=2, where="frank_wolfe_linear")
     if step not in ("default", "line"):
         raise ValueError(f"step must be 'default' (2/(t+2)) or 'line', got {step!r}")
     if not (isinstance(w, torch.Tensor) and w.ndim == 1 and X_clean.ndim == 2 and len(w) == X_clean.shape[1]):
         raise ValueError(f"w must be a 1-D tensor of length d = X_clean.shape[1] for (n, d) features, got "
                          f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
-    if not (math.isfinite(radius) and radius > 0):
-        raise ValueError(f"radius must be a positive finite number, got {radius!r}")
+    checks.number(radius, "radius", low=0.0, low_open=True, where="frank_wolfe_linear")
     w = w.detach().double()
     X, y = X_clean.detach().to(w), y_clean.detach().to(w)
     c = torch.zeros_like(w) if center is None else torch.as_tensor(center).to(w).reshape(-1)
@@ -444,7 +464,7 @@ def measure_to_poisons(X, y, weights, m: int):
     measure, so ``nu`` has to be resampled; we round deterministically (largest remainder):
     atom ``k`` is repeated ``floor(m w_k)`` or ``ceil(m w_k)`` times, ``m`` points in all.
     """
-    _check_positive_int(m, "m")
+    checks.integer(m, "m", low=1, where="measure_to_poisons")
     if not (isinstance(weights, torch.Tensor) and weights.ndim == 1 and len(weights) == len(X) == len(y)):
         raise ValueError("weights must be a 1-D tensor with one mass per atom of X and y")
     if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
@@ -510,11 +530,12 @@ def retrain(model_fn: Callable[[], nn.Module], X_clean, y_clean, X_p, y_p, X_tes
     minimiser of its training objective. ``weight_decay`` adds ``weight_decay / 2 ||w||^2`` to that
     objective (both optimisers) and its gradient to the returned ``grad_norm``.
     """
-    check_features(X_clean, y_clean, "clean data")
-    check_features(X_p, y_p, "poisons")
-    check_features(X_test, y_test, "test data")
-    _check_positive_int(epochs, "epochs", allow_zero=True)
-    _check_positive_int(batch_size, "batch_size", allow_none=True)
+    where = "retrain"
+    for X_, y_, name in ((X_clean, y_clean, "clean"), (X_p, y_p, "poison"), (X_test, y_test, "test")):
+        _data(None, None, X_, y_, name, where)
+    epochs = checks.integer(epochs, "epochs", where=where)
+    _optional_int(batch_size, "batch_size", where)
+    lr = checks.number(lr, "lr", low=0.0, low_open=True, where=where)
     if X_p.shape[1:] != X_clean.shape[1:]:
         raise ValueError(f"poisons are shaped {tuple(X_p.shape[1:])}, "
                          f"clean features {tuple(X_clean.shape[1:])}")
@@ -526,6 +547,8 @@ def retrain(model_fn: Callable[[], nn.Module], X_clean, y_clean, X_p, y_p, X_tes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_fn().to(X_clean.device)
+    for X_, y_, name in ((X_clean, y_clean, "clean"), (X_p, y_p, "poison"), (X_test, y_test, "test")):
+        _data(model, loss_fn, X_, y_, name, where)
     X = torch.cat([X_clean, X_p.detach().to(X_clean)])
     y = torch.cat([y_clean, y_p.to(y_clean)])
     N = len(X)
@@ -536,17 +559,20 @@ def retrain(model_fn: Callable[[], nn.Module], X_clean, y_clean, X_p, y_p, X_tes
     else:
         opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=lam)
         gen = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
+        for epoch in range(epochs):
             order = torch.randperm(N, generator=gen).to(X.device) if bs < N else torch.arange(N, device=X.device)
             for k in range(0, N, bs):
                 idx = order[k:k + bs]
                 opt.zero_grad(set_to_none=True)
-                loss_fn(model(X[idx]), y[idx]).backward()
+                loss = loss_fn(model(X[idx]), y[idx])
+                checks.finite_loss(loss, epoch, where, "lower lr, or check the data and model_fn for NaN")
+                loss.backward()
                 opt.step()
     model.eval()
     acc = _accuracy(model, X_test, y_test, predict, bs)
     gnorm = mixed_gradient_norm(model, loss_fn, X_clean, y_clean, X_p.detach().to(X_clean), y_p.to(y_clean),
                                 batch_size, weight_decay=lam)
+    checks.diverged(gnorm, "the trained victim's gradient norm", epochs, where, "lower lr")
     return RetrainResult(model, acc, gnorm)
 
 
@@ -563,11 +589,7 @@ __all__ += ["PCResult", "random_pc", "grad_pc", "EpsChoice", "choose_eps_w", "re
 
 
 def _check_eps_w(eps_w) -> float:
-    if isinstance(eps_w, (bool, str, bytes)) or not isinstance(eps_w, numbers.Real) \
-            or not (math.isfinite(float(eps_w)) and float(eps_w) >= 0):
-        raise ValueError(f"eps_w (relative parameter budget ||delta_w|| / ||w||) must be a finite "
-                         f"number >= 0, got {eps_w!r}")
-    return float(eps_w)
+    return checks.number(eps_w, "eps_w (relative parameter budget ||delta_w|| / ||w||)", low=0.0)
 
 
 def _trainable(model: nn.Module) -> list:
@@ -645,13 +667,14 @@ def grad_pc(model: nn.Module, loss_fn: Callable, X, y, eps_w, *, epochs: int = 1
     the test set, Appendix C.1): choose ``eps_w`` on validation data with :func:`choose_eps_w`.
     """
     eps = _check_eps_w(eps_w)
-    check_features(X, y, "grad_pc data")
-    _check_positive_int(epochs, "epochs", allow_zero=True)
-    _check_positive_int(batch_size, "batch_size")
+    where = "grad_pc"
     if not callable(loss_fn):
-        raise ValueError("loss_fn must be callable as loss_fn(outputs, y)")
-    if not (isinstance(step, numbers.Real) and math.isfinite(step) and step > 0):
-        raise ValueError(f"step must be a positive finite fraction of the budget, got {step!r}")
+        raise checks.BadInput(f"{where}: loss_fn must be callable as loss_fn(outputs, y)")
+    _trainable(model)
+    X, y = _data(model, loss_fn, X, y, "training", where)
+    epochs = checks.integer(epochs, "epochs", where=where)
+    batch_size = checks.integer(batch_size, "batch_size", low=1, where=where)
+    checks.number(step, "step (a fraction of the budget)", low=0.0, low_open=True, where=where)
     net = _copy.deepcopy(model)
     params = _trainable(net)
     w = _flat(params)
@@ -705,15 +728,15 @@ def choose_eps_w(attack: Callable[[float], nn.Module], reference: nn.Module, eps
     (larger drop) against a larger tau, so ``target_drop=None`` (return the table only) is the
     default. Accuracy: ``predict(outputs)`` if given, else the argmax (or sign of one logit).
     """
-    check_features(X_val, y_val, "validation data")
+    X_val, y_val = _data(reference, None, X_val, y_val, "validation", "choose_eps_w")
     if not callable(attack):
         raise ValueError("attack must be callable as attack(eps_w) -> corrupted nn.Module")
     eps_list = list(eps_list)
     if not eps_list:
         raise ValueError("eps_list is empty; give at least one eps_w")
     eps_list = [_check_eps_w(e) for e in eps_list]
-    if target_drop is not None and not (isinstance(target_drop, numbers.Real) and 0 < target_drop <= 1):
-        raise ValueError(f"target_drop must be a fraction in (0, 1], got {target_drop!r}")
+    if target_drop is not None:
+        checks.fraction(target_drop, "target_drop", allow_zero=False, allow_one=True, where="choose_eps_w")
     clean = _accuracy(reference, X_val, y_val, predict, batch_size)
     table, nets, chosen = [], {}, None
     for e in eps_list:
@@ -766,14 +789,14 @@ def gradient_matching(model: nn.Module, X_clean, y_clean, eps_d, *, loss_fn: Cal
     with ``lr=0.01`` on the features (OUR choice; Geiping et al. use signed Adam), projecting
     after every step. Full-batch over the poisons.
     """
-    check_features(X_clean, y_clean, "clean data")
+    where = "gradient_matching"
+    X_clean, y_clean = _data(model, loss_fn, X_clean, y_clean, "clean", where)
     eps = theory.check_eps_d(eps_d)
-    _check_positive_int(steps, "steps", allow_zero=True)
-    _check_positive_int(batch_size, "batch_size", allow_none=True)
-    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if eps_x is not None and not (isinstance(eps_x, numbers.Real) and math.isfinite(eps_x) and eps_x > 0):
-        raise ValueError(f"eps_x must be None or a positive finite l_inf radius, got {eps_x!r}")
+    steps = checks.integer(steps, "steps", where=where)
+    _optional_int(batch_size, "batch_size", where)
+    lr = checks.number(lr, "lr", low=0.0, low_open=True, where=where)
+    if eps_x is not None:
+        checks.epsilon(eps_x, "eps_x (l_inf radius, or None)", allow_zero=False, where=where)
     n = len(X_clean)
     m = round(eps * n)
     if m < 1:
@@ -784,6 +807,7 @@ def gradient_matching(model: nn.Module, X_clean, y_clean, eps_d, *, loss_fn: Cal
     target = _Grad(model, reversed_loss_fn).mean(X_clean, y_clean, batch_size)
     grad = _Grad(model, loss_fn)
     bounds = _clip_bounds(box, X_clean)
+    _in_box(X_clean, bounds, "the clean features", where)
     X_p = X0.clone().requires_grad_(True)
     opt = torch.optim.Adam([X_p], lr=lr)
     losses = []
@@ -792,9 +816,9 @@ def gradient_matching(model: nn.Module, X_clean, y_clean, eps_d, *, loss_fn: Cal
         g = grad(X_p, y_p, create_graph=True)
         return 1 - F.cosine_similarity(g, target, dim=0)
 
-    for _ in range(steps):
+    for step in range(steps):
         loss = dissim()
-        losses.append(loss.item())
+        losses.append(checks.finite_loss(loss, step, where))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -912,21 +936,21 @@ def tgda(model: nn.Module, X_clean, y_clean, X_val, y_val, eps_d, *, loss_fn: Ca
         ``TGDAResult(X_p, y_p, model, val_losses)``; ``val_losses`` holds the leader objective
         ``L(w_t)`` before every iteration and once at the end (``epochs + 1`` values unless stopped).
     """
-    check_features(X_clean, y_clean, "clean data")
-    check_features(X_val, y_val, "validation data")
+    where = "tgda"
+    X_clean, y_clean = _data(model, loss_fn, X_clean, y_clean, "clean", where)
+    X_val = checks.features(X_val, "validation features", where=where)
+    if X_val.shape[1:] != X_clean.shape[1:]:
+        raise checks.BadInput(f"{where}: validation features are shaped {tuple(X_val.shape[1:])}, "
+                              f"clean features {tuple(X_clean.shape[1:])}")
+    X_val, y_val = _data(model, loss_fn, X_val, y_val, "validation", where)
     eps = theory.check_eps_d(eps_d)
     for v, name in ((epochs, "epochs"), (cg_iters, "cg_iters"), (follower_steps, "follower_steps")):
-        _check_positive_int(v, name, allow_zero=True)
-    _check_positive_int(batch_size, "batch_size", allow_none=True)
-    _check_positive_int(hessian_batch, "hessian_batch", allow_none=True)
+        checks.integer(v, name, where=where)
+    _optional_int(batch_size, "batch_size", where)
+    _optional_int(hessian_batch, "hessian_batch", where)
     for v, name in ((leader_lr, "leader_lr"), (follower_lr, "follower_lr")):
-        if not (isinstance(v, numbers.Real) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-    if not (isinstance(damping, numbers.Real) and math.isfinite(damping) and damping >= 0):
-        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
-    if X_val.shape[1:] != X_clean.shape[1:]:
-        raise ValueError(f"validation features are shaped {tuple(X_val.shape[1:])}, "
-                         f"clean features {tuple(X_clean.shape[1:])}")
+        checks.number(v, name, low=0.0, low_open=True, where=where)
+    checks.number(damping, "damping", low=0.0, where=where)
     n = len(X_clean)
     m = round(eps * n)
     if m < 1:
@@ -941,8 +965,8 @@ def tgda(model: nn.Module, X_clean, y_clean, X_val, y_val, eps_d, *, loss_fn: Ca
     X_p, y_p = _gc_init(X_clean, y_clean, m, init, gen)
     X_p, y_p = X_p.detach().clone(), y_p.detach().clone()
     bounds = _clip_bounds(box, X_clean)
-    if bounds is not None:
-        X_p = torch.clamp(X_p, *bounds)
+    _in_box(X_clean, bounds, "the clean features", where)
+    _in_box(X_p, bounds, "the initial poisons", where)
     X_p.requires_grad_(True)
     opt = torch.optim.Adam([X_p], lr=leader_lr)
     N = n + m
@@ -956,8 +980,10 @@ def tgda(model: nn.Module, X_clean, y_clean, X_val, y_val, eps_d, *, loss_fn: Ca
         return tot / len(X_val)
 
     losses = []
+    hint = "lower leader_lr/follower_lr, or check the model's weights for NaN"
     for it in range(epochs):
         losses.append(val_loss())
+        checks.diverged(losses[-1], "the validation loss", it, where, hint)
         Xp_now = X_p.detach()
         # (1) v = (H + damping I)^{-1} grad_w L, H the Hessian of f on (a subsample of) the mixed data
         g_val = _flat_grad(net, names, params, buffers, loss_fn, X_val, y_val, batch_size=batch_size).detach()
@@ -999,6 +1025,7 @@ def tgda(model: nn.Module, X_clean, y_clean, X_val, y_val, eps_d, *, loss_fn: Ca
         if callback is not None and callback(it, X_p.detach().clone(), losses[-1]):
             break
     losses.append(val_loss())
+    checks.diverged(losses[-1], "the validation loss", len(losses) - 1, where, hint)
     net.eval()
     return TGDAResult(X_p.detach(), y_p, net, losses)
 

@@ -30,12 +30,13 @@ numpy (torch tensors are detached and copied to the CPU).
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from scipy import optimize, special
+
+from .. import checks
 
 __all__ = [
     "MARGIN_LOSSES",
@@ -128,8 +129,7 @@ def lambert_bound(c: int = 2) -> float:
     logistic bound ``-W(1/e) ~ -0.2785`` of eq. (18). ``W`` is Lambert's function on its
     real principal branch (``scipy.special.lambertw``, branch 0).
     """
-    if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 2:
-        raise ValueError(f"the number of classes c must be an integer >= 2, got {c!r}")
+    c = checks.integer(c, "the number of classes c", low=2, where="lambert_bound")
     return -float(special.lambertw((c - 1) / np.e, 0).real)
 
 
@@ -141,9 +141,11 @@ def numeric_interval(phi: Callable, lo: float, hi: float, n_grid: int = 20001) -
     then refine each extremum with bounded Brent (``scipy.optimize.minimize_scalar``) between
     the grid neighbours of the best grid point.
     """
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"need finite lo < hi, got lo={lo!r}, hi={hi!r}")
-    t = np.linspace(lo, hi, int(n_grid))
+    lo = checks.number(lo, "lo", where="numeric_interval")
+    hi = checks.number(hi, "hi", low=lo, low_open=True, where="numeric_interval")
+    n_grid = checks.integer(n_grid, "n_grid (grid points, both end points included)", low=2,
+                            where="numeric_interval")
+    t = np.linspace(lo, hi, n_grid)
     v = np.asarray(phi(t), dtype=float)
     out = []
     for sign in (1.0, -1.0):
@@ -177,6 +179,7 @@ def interval_endpoints(loss, *, c: int | None = None, margin_range: tuple[float,
     ``|t| <= ||w|| R``), or with ``loss`` a callable ``l'`` (vectorised over numpy arrays),
     ``a`` and ``b`` are computed numerically by :func:`numeric_interval` over ``[lo, hi]``.
     """
+    checks.integer(n_grid, "n_grid (grid points, both end points included)", low=2, where="interval_endpoints")
     if callable(loss):
         if margin_range is None:
             raise ValueError("a callable loss derivative needs margin_range=(lo, hi) for the numeric search")
@@ -208,20 +211,15 @@ def _array(a, name: str) -> np.ndarray:
     try:
         a = np.asarray(a, dtype=float)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be numeric, got {type(a).__name__}: {e}") from None
+        raise checks.BadInput(f"{name} must be numeric, got {type(a).__name__}: {e}") from None
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains {int(np.sum(~np.isfinite(a)))} non-finite value(s) (nan or inf)")
+        raise checks.BadInput(f"{name} contains {int(np.sum(~np.isfinite(a)))} non-finite value(s) (nan or inf)")
     return a
 
 
 def check_eps_d(eps_d) -> float:
-    """``eps_d`` as a float; ``ValueError`` unless it is a positive finite real number."""
-    if isinstance(eps_d, (bool, str, bytes)) or not isinstance(eps_d, numbers.Real):
-        raise ValueError(f"eps_d must be a positive finite number, got {eps_d!r}")
-    eps = float(eps_d)
-    if not (np.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps_d must be a positive finite number, got {eps_d!r}")
-    return eps
+    """``eps_d`` as a float; :class:`~poisonbook.checks.BadInput` unless it is a positive finite real number."""
+    return checks.number(eps_d, "eps_d (poisoning ratio)", low=0.0, low_open=True)
 
 
 def _check_labels(y: np.ndarray, loss: str) -> None:
@@ -306,8 +304,8 @@ def cross_entropy_trace_terms(H, y) -> np.ndarray:
     integer labels or one-hot rows.
     """
     H = _array(H, "H")
-    if H.ndim != 2 or H.shape[1] < 2:
-        raise ValueError(f"logits H must have shape (n, c) with c >= 2, got {H.shape}")
+    if H.ndim != 2 or H.shape[1] < 2 or len(H) == 0:
+        raise checks.BadInput(f"logits H must have shape (n, c) with n >= 1 and c >= 2, got {H.shape}")
     Y = _one_hot(_array(y, "y"), H.shape[1], len(H))
     return np.sum(H * (special.softmax(H, axis=1) - Y), axis=1)
 
@@ -328,6 +326,16 @@ def clean_inner_product(w, X, y, loss: str = "logistic") -> float:
 # ----------------------------------------------------------------------------- thresholds
 
 
+def _threshold_inputs(s, a, b, where: str) -> tuple[float, float, float]:
+    """``s`` finite, the end points ``a <= 0 <= b`` of J (``-inf`` / ``inf`` allowed), never NaN."""
+    s = checks.number(s, "s = <w, g(mu)>", where=where)
+    a = checks.bound(a, "a (lower end of J)", where=where)
+    b = checks.bound(b, "b (upper end of J)", where=where)
+    if a > b:
+        raise checks.BadInput(f"{where}: the interval J = [a, b] needs a <= b, got a={a:g}, b={b:g}")
+    return s, a, b
+
+
 def threshold_from_inner(s: float, a: float, b: float) -> float:
     """Threshold ``tau`` on ``eps_d`` from ``s = <w, g(mu)>`` and the end points ``(a, b)``.
 
@@ -336,8 +344,9 @@ def threshold_from_inner(s: float, a: float, b: float) -> float:
     so ``tau = s / (-a)`` if ``s > 0`` (eq. 20 for the logistic loss), ``tau = -s / b`` if
     ``s < 0`` (0 when ``b = inf``), and 0 if ``s = 0`` (Remark 1). ``inf`` means no
     ``eps_d`` works. The model is poisonable iff ``eps_d >= tau`` when ``a``/``b`` are attained
-    (``>`` otherwise).
+    (``>`` otherwise). A NaN anywhere is refused (it would read as "poisonable at any eps_d").
     """
+    s, a, b = _threshold_inputs(s, a, b, "threshold_from_inner")
     if s > 0:
         return s / -a if a < 0 else np.inf
     if s < 0:
@@ -419,6 +428,7 @@ def lambda_threshold(s: float, a: float, b: float) -> float:
     Valid for ``a <= s <= b`` (always true when ``s`` is computed on data in the domain);
     equals ``eps_to_lambda(threshold_from_inner(s, a, b))``.
     """
+    s, a, b = _threshold_inputs(s, a, b, "lambda_threshold")
     if s > 0:  # only the first term of (16) is positive
         return 0.0 if a == -np.inf else (s / (s - a) if s > a else 1.0)
     if s < 0:  # only the second
@@ -490,8 +500,7 @@ def theorem2_poisons(w, X, y, eps_d, loss: str = "logistic", n_copies: int = 1) 
     if loss not in MARGIN_LOSSES:
         raise ValueError(f"theorem2_poisons supports the binary margin losses {MARGIN_LOSSES}, got {loss!r}")
     eps = check_eps_d(eps_d)
-    if isinstance(n_copies, bool) or not isinstance(n_copies, (int, np.integer)) or n_copies < 1:
-        raise ValueError(f"n_copies must be a positive integer, got {n_copies!r}")
+    checks.integer(n_copies, "n_copies", low=1, where="theorem2_poisons")
     w, X, y = _linear_inputs(w, X, y, loss)
     g = linear_loss_gradient(w, X, y, loss)
     s = float(w @ g)
