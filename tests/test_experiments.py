@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from poisonbook import experiments
+from poisonbook import cache, experiments, results
 from poisonbook import experiments as ex_mod
+from poisonbook.experiments import tour
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def test_other_library_source_is_stale_in_cpu_and_rerun_in_ci(tmp_path, monkeypa
     fn = Counter()
     for profile in ("cpu", "ci"):
         experiments.run_or_load("ch", "e", profile, {"k": 1}, fn, root=tmp_path)
-    monkeypatch.setattr(ex_mod, "source_hash", lambda length=16: "0" * length)
+    monkeypatch.setattr(results, "source_hash", lambda length=16, module=None: "0" * length)
     cpu = experiments.run_or_load("ch", "e", "cpu", {"k": 1}, fn, root=tmp_path)
     assert cpu.loaded and cpu.stale and fn.calls == 2
     assert "Stale" in cpu.provenance() and cpu.record["git_commit"][:10] in cpu.provenance()
@@ -97,3 +98,22 @@ def test_book_build_hides_parameter_cells_and_finds_leaked_paths(tmp_path):
     out = json.loads(nb.read_text())["cells"]
     assert all("remove-cell" in c["metadata"]["tags"] for c in out[:2])
     assert "cpu" in out[2]["source"] and len(leaks) == 2
+
+
+def test_a_record_hashes_the_code_its_driver_can_import():
+    files = {p.relative_to(p.parents[1]).as_posix() if p.parent.name != "poisonbook" else p.name
+             for p in cache.source_files("poisonbook.experiments.tour")}
+    assert {"tour.py", "train.py", "models.py", "data.py", "checks.py"} <= {p.split("/")[-1] for p in files}
+    assert not {"estimators.py", "attacks.py", "gc_networks.py"} & {p.split("/")[-1] for p in files}
+    assert len(cache.source_files()) > len(files)
+    assert cache.source_hash(module="poisonbook.experiments.tour") != cache.source_hash()
+
+
+def test_library_drivers_record_their_module_and_other_drivers_the_whole_library(tmp_path, monkeypatch):
+    fake = lambda cfg: {"metrics": {"a": 1}}
+    fake.__module__ = "poisonbook.experiments.tour"
+    run = experiments.run_or_load("ch", "e", "cpu", {}, fake, root=tmp_path)
+    assert run.record["source_module"] == "poisonbook.experiments.tour"
+    assert run.record["source_hash"] == cache.source_hash(module="poisonbook.experiments.tour")
+    other = experiments.run_or_load("ch", "f", "cpu", {}, lambda cfg: {"metrics": {"a": 1}}, root=tmp_path)
+    assert other.record["source_module"] is None and other.record["source_hash"] == cache.source_hash()

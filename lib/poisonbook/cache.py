@@ -27,7 +27,7 @@ import torch
 
 from . import checks
 
-__all__ = ["repo_root", "cache_dir", "atomic_write_text", "atomic_write_bytes", "atomic_save", "source_hash", "config_hash", "cached",
+__all__ = ["repo_root", "cache_dir", "atomic_write_text", "atomic_write_bytes", "atomic_save", "source_files", "source_hash", "config_hash", "cached",
            "Checkpoint", "CheckpointMismatch", "CorruptFile", "fingerprint", "load_torch"]
 
 
@@ -160,23 +160,84 @@ def _jsonable(obj: Any) -> Any:
     return {"__repr__": f"{type(obj).__module__}.{type(obj).__qualname__}:{obj!r}"}
 
 
-_SOURCE_HASH: str | None = None
+_SOURCE_HASH: dict[str | None, str] = {}
 
 
-def source_hash(length: int = 16) -> str:
-    """SHA-256 of every ``.py`` file of the installed ``poisonbook`` package (paths and bytes, sorted).
+def _module_file(package: Path, name: str) -> Path | None:
+    """The file of module ``poisonbook.<name>`` (dotted, relative to the package), if it is part of the library."""
+    base = package.joinpath(*name.split(".")) if name else package
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
 
-    Computed once per process: any edit of the library gives a new value, so run records,
-    cache entries and checkpoints written by older code are recognised as such.
+
+def _imports(package: Path, name: str, path: Path) -> set[str]:
+    """The library modules (dotted, relative to the package) that ``path`` imports, and their parent packages."""
+    import ast
+
+    is_pkg = path.name == "__init__.py"
+    here = name.split(".") if name else []
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets: list[str] = []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here if is_pkg else here[:-1]
+                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                mod = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            elif node.module and node.module.split(".")[0] == package.name:
+                mod = ".".join(node.module.split(".")[1:])
+            else:
+                continue
+            targets = [mod] + [f"{mod}.{a.name}" if mod else a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [".".join(a.name.split(".")[1:]) for a in node.names if a.name.split(".")[0] == package.name]
+        for t in targets:
+            parts = t.split(".") if t else []
+            for i in range(len(parts) + 1):  # importing a.b runs a/__init__ first
+                prefix = ".".join(parts[:i])
+                if _module_file(package, prefix) is not None:
+                    out.add(prefix)
+    return out
+
+
+def source_files(module: str | None = None) -> list[Path]:
+    """The library's ``.py`` files: all of them, or those ``module`` (e.g. ``"poisonbook.experiments.tour"``) can import.
+
+    The closure follows the library's own ``import`` statements (read with :mod:`ast`, without
+    importing anything), parent packages included, so it is exactly the code a driver can run.
     """
-    global _SOURCE_HASH
-    if _SOURCE_HASH is None:
+    package = Path(__file__).resolve().parent
+    if module is None:
+        return sorted(package.rglob("*.py"))
+    start = module.split(".", 1)[1] if module.startswith(package.name + ".") else module
+    if _module_file(package, start) is None:
+        raise checks.BadInput(f"source_files: {module!r} is not a module of the {package.name} package")
+    seen, todo = set(), [""] + [".".join(start.split(".")[:i + 1]) for i in range(len(start.split(".")))]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo += sorted(_imports(package, name, _module_file(package, name)) - seen)
+    return sorted(_module_file(package, n) for n in seen)
+
+
+def source_hash(length: int = 16, module: str | None = None) -> str:
+    """SHA-256 of the library's source files (paths and bytes, sorted): all of them, or ``module``'s closure.
+
+    Computed once per process and module. Cache entries and checkpoints use the whole library's
+    hash (any edit invalidates them); a run record uses its driver module's closure, so an edit of
+    an unrelated chapter's code does not mark it stale.
+    """
+    if module not in _SOURCE_HASH:
         package = Path(__file__).resolve().parent
         h = hashlib.sha256()
-        for path in sorted(package.rglob("*.py")):
+        for path in source_files(module):
             h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-        _SOURCE_HASH = h.hexdigest()
-    return _SOURCE_HASH[:length]
+        _SOURCE_HASH[module] = h.hexdigest()
+    return _SOURCE_HASH[module][:length]
 
 
 def config_hash(config: dict, length: int = 16) -> str:

@@ -27,8 +27,8 @@ from . import __version__, checks
 from .cache import CorruptFile, atomic_write_text, repo_root, source_hash
 from .profiles import PROFILES
 
-__all__ = ["Published", "PUBLISHED", "results_dir", "record_path", "save_record", "load_record",
-           "load_records", "tabulate", "published", "report", "git_commit"]
+__all__ = ["Published", "PUBLISHED", "results_dir", "record_path", "save_record", "load_record", "is_stale",
+           "load_records", "is_stale", "tabulate", "published", "report", "git_commit"]
 
 SCHEMA = 1
 
@@ -303,8 +303,11 @@ def _clean(value: Any, where: str) -> Any:
 
 def save_record(profile: str, chapter: str, experiment: str, *, config: dict, metrics: dict,
                 seeds: list[int] | int, wall_time: float, device: str | torch.device = "cpu",
-                root: str | os.PathLike | None = None, **extra: Any) -> Path:
+                root: str | os.PathLike | None = None, source_module: str | None = None, **extra: Any) -> Path:
     """Write a run record atomically (mode 0644); return its path.
+
+    ``source_hash`` is the hash of the whole library, or of the closure of ``source_module`` (the
+    driver that produced the record; see :func:`poisonbook.cache.source_files`) when given.
 
     ``profile`` is one of :data:`poisonbook.profiles.PROFILES`; ``seeds`` an int or a list of ints;
     ``wall_time`` a finite number of seconds >= 0; ``extra`` keys may not overwrite the record's own.
@@ -331,7 +334,8 @@ def save_record(profile: str, chapter: str, experiment: str, *, config: dict, me
         "device": str(device),
         "wall_time_s": round(float(wall_time), 3),
         "library_version": __version__,
-        "source_hash": source_hash(),
+        "source_hash": source_hash(module=source_module),
+        "source_module": source_module,
         "git_commit": git_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -342,7 +346,15 @@ def save_record(profile: str, chapter: str, experiment: str, *, config: dict, me
 
 
 _RECORD_KEYS = {"schema", "profile", "chapter", "experiment", "config", "seeds", "metrics", "device", "wall_time_s",
-                "library_version", "source_hash", "git_commit", "torch", "python", "created"}
+                "library_version", "source_hash", "source_module", "git_commit", "torch", "python", "created"}
+
+
+def is_stale(record: dict) -> bool:
+    """Whether the code that produced ``record`` (its driver's closure, or the whole library) has changed since."""
+    try:
+        return record.get("source_hash") != source_hash(module=record.get("source_module"))
+    except checks.BadInput:  # the driver module no longer exists
+        return True
 
 
 def load_record(path: str | os.PathLike) -> dict:
@@ -421,3 +433,37 @@ def report(root: str | os.PathLike | None = None):
                      "cpu scale": scale.get(("cpu", p.chapter, p.experiment), "")})
     return pd.DataFrame(rows, columns=["chapter", "quantity", "published", "source", "paper profile",
                                        "cpu profile", "cpu scale"])
+
+
+# Chapter 51, "Purifying unlearnable examples with D-VAE": D-VAE paper (Yu et al. 2024), experiment "dvae-table".
+# Table 2 / Table 3 "Ours" (clean test accuracy %, ResNet-18 on the purified x3; CIFAR-10 / CIFAR-100), Table 7's
+# ablation rows (3) "w/o s2" = training on x1 and (4) "w/o i3" = on x2, Table 10 (amplitudes of p and p_hat, MSE x 1e4,
+# PSNR dB) and Table 1 (a model trained on clean + p_hat, accuracy on T / D / P). NTGA and SEP are registered for
+# the report although the book does not run them. Tables 8/9 (partial poisoning) are not run: not registered.
+_CH51 = "51-purifying-unlearnable-examples-dvae"
+_T7_ATTACKS = ("ntga", "em", "tap", "rem", "sep", "lsp", "ar", "ops")
+_T7 = {"dvae": (89.21, 91.42, 90.48, 86.38, 90.74, 91.20, 91.77, 88.95),
+       "dvae_x1": (12.78, 78.96, 21.12, 25.44, 4.83, 93.47, 11.49, 41.57),
+       "dvae_x2": (13.87, 80.77, 23.02, 23.84, 5.29, 93.58, 14.23, 66.39)}
+_T7_SRC = {"dvae": "Table 2 (Ours) / Table 7", "dvae_x1": "Table 7 (3) w/o s2", "dvae_x2": "Table 7 (4) w/o i3"}
+_T3_OURS = {"em": 68.79, "tap": 65.54, "rem": 68.52, "sep": 64.02, "lsp": 67.73, "ar": 63.73, "ops": 65.10}
+_T1_ATTACKS = ("em", "rem", "ntga", "lsp", "ar", "ops")
+_T1 = {"cifar10": {"acc_T": (9.7, 19.8, 29.2, 15.1, 13.09, 18.5), "acc_D": (9.6, 19.5, 28.6, 15.3, 12.9, 18.7),
+                   "acc_P": (91.3, 99.9, 99.9, 99.9, 100.0, 99.7)},
+       "cifar100": {"acc_T": (1.4, 6.4, None, 4.2, 1.6, 11.2), "acc_D": (1.3, 7.6, None, 4.0, 1.6, 10.7),
+                    "acc_P": (98.8, 96.4, None, 99.1, 100.0, 99.5)}}
+_T10 = {"cifar10": {"p_l2": (1.53, 1.80, 2.96, 0.99, 0.98, 1.27), "phat_l2": (1.24, 0.92, 0.71, 0.73, 0.68, 1.77),
+                    "mse_p_phat_e4": (4.4, 6.6, 12, 3.5, 5.2, 2.3), "psnr_p_phat": (33.6, 31.8, 29.3, 34.7, 32.9, 36.5)},
+        "cifar100": {"p_l2": (1.34, 1.73, None, 0.99, 0.98, 1.34), "phat_l2": (0.81, 0.69, None, 0.69, 0.78, 1.82),
+                     "mse_p_phat_e4": (4.1, 7.1, None, 4.1, 4.7, 2.0),
+                     "psnr_p_phat": (33.9, 31.5, None, 34.0, 33.1, 37.3)}}
+PUBLISHED += [
+    *[Published(_CH51, "dvae-table", f"cifar10.{a}.{k}.test_acc", v, _DVAE, _T7_SRC[k], note=f"CIFAR-10, {a}")
+      for k, vals in _T7.items() for a, v in zip(_T7_ATTACKS, vals)],
+    *[Published(_CH51, "dvae-table", f"cifar100.{a}.dvae.test_acc", v, _DVAE, "Table 3 (Ours)", note=f"CIFAR-100, {a}")
+      for a, v in _T3_OURS.items()],
+    *[Published(_CH51, "dvae-table", f"{ds}.{a}.phat_set.{k}", v, _DVAE, "Table 1", note=f"{ds}, {a}, model on T + p_hat")
+      for ds, cols in _T1.items() for k, vals in cols.items() for a, v in zip(_T1_ATTACKS, vals) if v is not None],
+    *[Published(_CH51, "dvae-table", f"{ds}.{a}.{k}", v, _DVAE, "Table 10", note=f"{ds}, {a}")
+      for ds, cols in _T10.items() for k, vals in cols.items() for a, v in zip(_T1_ATTACKS, vals) if v is not None],
+]

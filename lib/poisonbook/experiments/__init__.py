@@ -32,8 +32,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..cache import atomic_write_bytes, source_hash
-from ..results import _clean, load_record, record_path, save_record
+from ..cache import atomic_write_bytes
+from ..results import _clean, is_stale, load_record, record_path, save_record
 
 __all__ = ["Run", "run_or_load", "MAX_ARTEFACT_BYTES", "POLICIES"]
 
@@ -41,7 +41,8 @@ MAX_ARTEFACT_BYTES = 5 * 2**20
 POLICIES = ("auto", "rerun", "refresh")
 _RESERVED = {"metrics", "artefacts"}
 _METADATA = {"schema", "profile", "chapter", "experiment", "config", "seeds", "metrics", "device", "wall_time_s",
-             "library_version", "source_hash", "git_commit", "torch", "python", "created", "artefacts"}
+             "library_version", "source_hash", "source_module", "git_commit", "torch", "python", "created",
+             "artefacts"}
 
 
 def _policy() -> str:
@@ -103,7 +104,7 @@ class Run:
                 f"`{commit}`, {took} on {r['device']}")
         if self.stale:
             return (f"**Stale:** produced by commit `{commit}` (library source "
-                    f"`{r.get('source_hash', 'unknown')}`); the library has changed since (now `{source_hash()}`). "
+                    f"`{r.get('source_hash', 'unknown')}`); the code it ran has changed since. "
                     f"The numbers below are that run's; `make records` re-runs it. ({line})")
         return line + (" (loaded)" if self.loaded else " (run now)")
 
@@ -115,6 +116,12 @@ class Run:
         if self.stale:
             return Markdown(f":::{{warning}}\n{text}\n:::")
         return Markdown(f"<small>{text}</small>")
+
+
+def _library_module(fn) -> str | None:
+    """The driver's module when it is part of the library (its record then hashes that module's closure)."""
+    module = getattr(fn, "__module__", None) or ""
+    return module if module.startswith("poisonbook.") else None
 
 
 def _record_config(record: dict, wanted: dict) -> dict:
@@ -151,7 +158,7 @@ def run_or_load(chapter: str, experiment: str, profile: str, cfg: dict, fn: Call
     if path.exists() and policy != "refresh":
         record = load_record(path)
         if _record_config(record, wanted) == wanted:
-            stale = record.get("source_hash") != source_hash()
+            stale = is_stale(record)
             if not stale:
                 return Run(record, path, loaded=True, stale=False)
             if profile != "ci" and policy == "auto":
@@ -172,5 +179,6 @@ def run_or_load(chapter: str, experiment: str, profile: str, cfg: dict, fn: Call
     device = out.get("device", "cuda" if torch.cuda.is_available() else "cpu")
     extra.pop("device", None)
     save_record(profile, chapter, experiment, config=cfg, metrics=out["metrics"], seeds=seeds, wall_time=wall,
-                device=device, root=root, artefacts=names, **extra)
+                device=device, root=root, source_module=_library_module(fn), artefacts=names,
+                **extra)
     return Run(load_record(path), path, loaded=False, stale=False)
