@@ -1,8 +1,9 @@
 """Evasion attacks on a trained model: PGD in l_inf and l_2 (Madry et al. 2018), batched.
 
-Inputs live in [0, 1]; any normalisation sits inside the model. Stronger attacks of GUARD's
-appendix F (PGD-100, Square, AutoAttack) come from the Adversarial Robustness Toolbox, not
-from here.
+Inputs live in [0, 1]; any normalisation sits inside the model. :data:`ATTACK_SETTINGS` holds
+GUARD's (papers/002, Sec. 7.2) three settings per dataset. The stronger attacks of GUARD's appendix F
+(PGD-100, Square, AutoAttack) come from the Adversarial Robustness Toolbox (:func:`art_attack`), not
+from here; ART's PGD is also the reference :func:`pgd` is tested against.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from torch.nn import functional as F
 
 from . import checks
 
-__all__ = ["pgd", "robust_accuracy"]
+__all__ = ["pgd", "robust_accuracy", "ATTACK_SETTINGS", "attack_settings", "art_classifier", "art_attack",
+           "art_robust_accuracy"]
 
 NORMS = ("linf", "l2")
 
@@ -98,3 +100,91 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         right += int(_correct(model, pgd(model, xb, yb, **attack), yb).sum())
     return right / len(x)
+
+
+# --------------------------------------------------------------------------- the paper's attack settings
+
+#: GUARD (Sec. 7.2) attack settings, 10 steps each, inputs in [0, 1]: ``l_inf*`` (the strong one of
+#: Table 1), ``l_inf`` (weaker) and ``l_2``. Keys: the paper's two datasets.
+ATTACK_SETTINGS: dict[str, dict[str, dict]] = {
+    "mnist": {"linf*": dict(norm="linf", eps=0.3, alpha=0.1, steps=10),
+              "linf": dict(norm="linf", eps=0.1, alpha=0.03, steps=10),
+              "l2": dict(norm="l2", eps=1.0, alpha=0.3, steps=10)},
+    "cifar10": {"linf*": dict(norm="linf", eps=8 / 255, alpha=2 / 255, steps=10),
+                "linf": dict(norm="linf", eps=2 / 255, alpha=0.5 / 255, steps=10),
+                "l2": dict(norm="l2", eps=0.2, alpha=0.05, steps=10)},
+}
+#: The book's datasets mapped to the paper's setting they use: 28x28 grey images take MNIST's
+#: (the paper has no Fashion-MNIST setting), colour 32x32 images CIFAR-10's.
+SETTING_OF = {"mnist": "mnist", "mnist5k": "mnist", "digits": "mnist", "fashion-mnist": "mnist",
+              "cifar10": "cifar10", "cifar100": "cifar10", "fashion-mnist-rgb": "cifar10"}
+
+
+def attack_settings(dataset: str) -> dict[str, dict]:
+    """The three attack settings (``"linf*"``, ``"linf"``, ``"l2"``) GUARD uses for ``dataset`` (Sec. 7.2)."""
+    name = checks.choice(dataset, "dataset", tuple(SETTING_OF), where="attack_settings")
+    return {k: dict(v) for k, v in ATTACK_SETTINGS[SETTING_OF[name]].items()}
+
+
+# --------------------------------------------------------------------------- the Adversarial Robustness Toolbox
+
+ART_ATTACKS = ("pgd", "square", "autoattack")
+
+
+def art_classifier(model: nn.Module, x: torch.Tensor, num_classes: int):
+    """``model`` (inputs in [0, 1], normalisation inside) as ART's ``PyTorchClassifier`` with clip values (0, 1)."""
+    from art.estimators.classification import PyTorchClassifier
+
+    device = next(model.parameters()).device
+    return PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                             nb_classes=num_classes, clip_values=(0.0, 1.0),
+                             device_type="gpu" if device.type == "cuda" else "cpu")
+
+
+def art_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+               norm: str = "linf", alpha: float | None = None, steps: int = 100, num_classes: int = 10,
+               batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+    """Adversarial examples from the Adversarial Robustness Toolbox (GUARD appendix F's stronger attacks).
+
+    * ``"pgd"``: ``ProjectedGradientDescent`` (Madry et al.), ``steps`` iterations of step ``alpha``
+      with one random start (PGD-100 of appendix F with ``steps=100``; the reference for :func:`pgd`).
+    * ``"square"``: ``SquareAttack`` (Andriushchenko et al. 2020), a score-based black-box attack,
+      ``steps`` queries' worth of iterations.
+    * ``"autoattack"``: ART's ``AutoAttack`` (Croce & Hein 2020) with its default attack list.
+
+    The model is put in eval mode; inputs in [0, 1]; returns a tensor on ``x``'s device.
+    """
+    where = "art_attack"
+    checks.choice(name, "attack", ART_ATTACKS, where=where)
+    x = checks.images(x, "x", where=where)
+    y = checks.labels(y, "y", num_classes=num_classes, n=len(x), where=where)
+    checks.choice(norm, "norm", NORMS, where=where)
+    eps = checks.number(eps, "eps", low=0.0, low_open=True, where=where)
+    steps = checks.integer(steps, "steps", low=1, where=where)
+    import numpy as np
+    from art.attacks import evasion
+
+    np.random.seed(seed)  # ART draws its random starts from numpy's global generator
+    torch.manual_seed(seed)
+    model.eval()
+    clf = art_classifier(model, x, num_classes)
+    art_norm = np.inf if norm == "linf" else 2
+    if name == "pgd":
+        alpha = checks.number(alpha, "alpha", low=0.0, low_open=True, where=where)
+        attack = evasion.ProjectedGradientDescent(clf, norm=art_norm, eps=eps, eps_step=alpha, max_iter=steps,
+                                                  num_random_init=1, batch_size=batch_size, verbose=False)
+    elif name == "square":
+        attack = evasion.SquareAttack(clf, norm=art_norm, eps=eps, max_iter=steps, batch_size=batch_size,
+                                      verbose=False)
+    else:
+        attack = evasion.AutoAttack(clf, norm=art_norm, eps=eps, eps_step=alpha or eps / 4,
+                                    batch_size=batch_size)
+    x_np = x.detach().cpu().numpy()
+    adv = attack.generate(x=x_np, y=np.eye(num_classes, dtype=np.float32)[y.cpu().numpy()])
+    return torch.from_numpy(np.asarray(adv, dtype=np.float32)).to(x.device)
+
+
+def art_robust_accuracy(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> float:
+    """Fraction of ``(x, y)`` still classified correctly after :func:`art_attack` ``name``."""
+    adv = art_attack(name, model, x, y, **kwargs)
+    return float(_correct(model, adv, y.to(adv.device)).float().mean())
