@@ -295,20 +295,25 @@ _check_registry()
 # Chapter 51, "Purifying unlearnable examples with D-VAE" (Yu et al. 2024, papers/003: Figure 2, Tables 1, 2, 7, 10).
 # The unlearnable sets and the victim are chapter 50's (`ue_profile` of "unlearnable-table"); `n_train` of its images
 # are purified. VAE settings are the paper's (Adam 5e-3, cosine, lambda 0.01, clip 5) except width/latent/epochs/batch:
-# at width 8 one D-VAE step costs ~0.03 s per 32x32 image on the shared 2-core machine (width 64: ~0.2 s), so cpu
-# trains 8 epochs of batch 32 (paper 60 of batch 128). kld1/kld2 None: chosen from the `targets` sweep by Sec. 3.5's
-# PSNR rule (`select_targets`); `targets` is a grid around the paper's 1.0/3.0 (our KLD sums fewer latent channels).
+# one D-VAE epoch on 1,000 32x32 images at width 8 took 39 s on the shared, loaded 2-core machine (benchmarks/
+# bench_dvae.py; width 64 is ~6x slower), so cpu trains 5 epochs of batch 32 per stage (paper 60 of batch 128).
+# kld1/kld2 None: chosen from the `targets` sweep by Sec. 3.5's PSNR rule (`select_targets`); `targets` is a grid
+# around the paper's 1.0/3.0 (our KLD sums fewer latent channels).
 EXPERIMENTS.update({
     "dvae-purification": {
         "common": dict(dataset="fashion-mnist-rgb", kld_weight=0.01, vae_lr=5e-3, extra_term=False, embed="paper",
-                       jpeg_qualities=[2, 5, 10, 30, 50, 70, 90], kld1=None, kld2=None, table1=True,
-                       defences=["none", "jpeg", "dvae_x1", "dvae_x2", "dvae", "dvae_mean"]),
-        "ci": dict(ue_profile="ci", ue_overrides={}, n_train=None, fig2_attack="lsp", attacks=["lsp", "ops"],
-                   targets=[0.5, 2.0], vae_width=4, vae_latent=8, vae_epochs=2, vae_batch_size=64),
+                       kld1=None, kld2=None),
+        "ci": dict(ue_profile="ci", ue_overrides={"epochs": 2}, n_train=120, fig2_attack="lsp", attacks=["lsp"],
+                   targets=[0.5, 2.0], jpeg_qualities=[10, 50], defences=["none", "jpeg", "dvae"], table1=False,
+                   vae_width=4, vae_latent=8, vae_epochs=2, vae_batch_size=64),
         "cpu": dict(ue_profile="cpu", ue_overrides={}, n_train=1000, fig2_attack="em", attacks=["em", "lsp", "ops"],
-                    targets=[0.25, 0.5, 1.0, 2.0, 4.0], vae_width=8, vae_latent=32, vae_epochs=8, vae_batch_size=32),
+                    targets=[0.5, 2.0, 8.0], jpeg_qualities=[2, 5, 10, 30, 50, 70, 90],
+                    defences=["none", "jpeg", "dvae_x1", "dvae_x2", "dvae", "dvae_mean"], table1=True,
+                    vae_width=8, vae_latent=32, vae_epochs=5, vae_batch_size=32),
         "paper": dict(ue_profile="paper", ue_overrides={}, n_train=None, fig2_attack="em",
                       attacks=["em", "rem", "tap", "lsp", "ar", "ops"], targets=[0.5, 1.0, 2.0, 3.0, 5.0, 10.0],
+                      jpeg_qualities=[2, 5, 10, 30, 50, 70, 90],
+                      defences=["none", "jpeg", "dvae_x1", "dvae_x2", "dvae", "dvae_mean"], table1=True,
                       vae_width=64, vae_latent=256, vae_epochs=60, vae_batch_size=128),
     },
 })
@@ -320,15 +325,15 @@ _check_registry()
 # `target_class` under one fresh ConvNet; fractions are of the class (Sec. 4.3). Clean utility: eps is the class
 # fraction of Table 2's attack (1% of a 10-class dataset, all in one class = 10%). cpu sized from timed pieces on the
 # shared 2-core machine (one thread, other jobs running): DM at ipc 10, width 32, batch 256: 3.6-3.7 s/iteration with
-# the mean or the calibrated mean; evaluation 0.77 s/epoch; so 5 x (25 x 3.7 + 3 x 20 x 0.77) ~ 12 min, plus the
-# mixtures (~20 s) and the real features (timed separately) for the chapter's ~15 minutes.
+# the mean or the calibrated mean; evaluation 0.77 s/epoch; so 5 x (20 x 3.7 + 3 x 20 x 0.77) ~ 10 min, plus the
+# mixtures (~70 s at reps 4; 143 s measured at reps 8) and the real features (145 s measured): ~14 min in all.
 _RDM_EPS = [0.01, 0.02, 0.04, 0.08]
 EXPERIMENTS.update({
     "robust-dm-mixture": {
         "common": dict(sigma=1.0, distance=20.0, alpha=5.0, alpha_cal=6.0, per_coord=1.0, eps_d=0.05,
                        power_iterations=50),
         "ci": dict(n=4000, d=20, reps=4, eps_grid=_RDM_EPS, d_grid=[8, 32, 128]),
-        "cpu": dict(n=20000, d=50, reps=8, eps_grid=_RDM_EPS, d_grid=[8, 32, 128, 512]),
+        "cpu": dict(n=20000, d=50, reps=4, eps_grid=_RDM_EPS, d_grid=[8, 32, 128, 512]),
         "paper": dict(n=20000, d=50, reps=8, eps_grid=_RDM_EPS, d_grid=[8, 32, 128, 512]),
     },
     "robust-dm-features": {
@@ -342,7 +347,7 @@ EXPERIMENTS.update({
         "common": dict(eps=0.1, lr=1.0, momentum=0.5, power_iterations=50),
         "ci": dict(dataset="digits", train_size=None, test_size=None, ipc=2, iterations=5, batch_real=64,
                    width=16, depth=2, eval_models=2, eval_epochs=20, threads=1),
-        "cpu": dict(dataset="fashion-mnist", train_size=10000, test_size=2000, ipc=10, iterations=25,
+        "cpu": dict(dataset="fashion-mnist", train_size=10000, test_size=2000, ipc=10, iterations=20,
                     batch_real=256, width=32, depth=3, eval_models=3, eval_epochs=20, threads=1),
         "paper": dict(dataset="cifar10", train_size=None, test_size=None, ipc=50, iterations=20_000,
                       batch_real=256, width=128, depth=3, eval_models=20, eval_epochs=1000, threads=None),
