@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,34 @@ def test_a_record_hashes_the_code_its_driver_can_import():
     assert not {"estimators.py", "attacks.py", "gc_networks.py"} & {p.split("/")[-1] for p in files}
     assert len(cache.source_files()) > len(files)
     assert cache.source_hash(module="poisonbook.experiments.tour") != cache.source_hash()
+
+
+def _record_hashes_after_edit(tmp_path, edited: str) -> dict[str, str]:
+    """Record source hashes of three drivers in a copy of the library where ``edited`` gained a comment."""
+    import shutil
+
+    lib = Path(cache.__file__).resolve().parents[1]
+    shutil.copytree(lib / "poisonbook", tmp_path / "poisonbook", ignore=shutil.ignore_patterns("__pycache__"))
+    if edited:
+        with open(tmp_path / "poisonbook" / edited, "a") as f:
+            f.write("\n# an edit\n")
+    code = ("import json; from poisonbook import cache; print(json.dumps({m: cache.source_hash(module="
+            "'poisonbook.experiments.' + m) for m in ('tour', 'dvae', 'gc_networks')}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    return json.loads(out.stdout)
+
+
+def test_bookkeeping_edits_do_not_stale_records_but_code_edits_do(tmp_path):
+    before = _record_hashes_after_edit(tmp_path / "a", "")
+    profiles = _record_hashes_after_edit(tmp_path / "b", "profiles.py")
+    # a profile edit: compared by value for drivers that take cfg, but ch51's driver calls profiles.get itself
+    assert profiles["tour"] == before["tour"] and profiles["gc_networks"] == before["gc_networks"]
+    assert profiles["dvae"] != before["dvae"]
+    registry = _record_hashes_after_edit(tmp_path / "c", "results.py")
+    assert registry == before
+    code = _record_hashes_after_edit(tmp_path / "d", "train.py")
+    assert all(code[m] != before[m] for m in before)
 
 
 def test_library_drivers_record_their_module_and_other_drivers_the_whole_library(tmp_path, monkeypatch):

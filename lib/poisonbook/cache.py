@@ -162,6 +162,12 @@ def _jsonable(obj: Any) -> Any:
 
 _SOURCE_HASH: dict[str | None, str] = {}
 
+# Files left out of a run record's source hash: the profiles (a record's configuration is compared by
+# value, so editing another chapter's profile must not mark this one stale), the published-numbers
+# registry and record I/O (results), run-or-load (experiments/__init__) and table formatting (tables),
+# none of which computes a metric.
+RECORD_BOOKKEEPING = frozenset({"profiles.py", "results.py", "experiments/__init__.py", "experiments/tables.py"})
+
 
 def _module_file(package: Path, name: str) -> Path | None:
     """The file of module ``poisonbook.<name>`` (dotted, relative to the package), if it is part of the library."""
@@ -170,6 +176,23 @@ def _module_file(package: Path, name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def _reads_profiles(package: Path, files: list[Path]) -> bool:
+    """Whether a file imports the ``profiles`` module itself (to call ``profiles.get`` inside a driver, whose
+    result is then not part of the record's compared configuration), not just names such as ``Config``."""
+    import ast
+
+    for path in files:
+        if path.relative_to(package).as_posix() == "profiles.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module in (None, package.name) and \
+                    any(a.name == "profiles" for a in node.names):
+                return True
+            if isinstance(node, ast.Import) and any(a.name == f"{package.name}.profiles" for a in node.names):
+                return True
+    return False
 
 
 def _imports(package: Path, name: str, path: Path) -> set[str]:
@@ -229,12 +252,17 @@ def source_hash(length: int = 16, module: str | None = None) -> str:
 
     Computed once per process and module. Cache entries and checkpoints use the whole library's
     hash (any edit invalidates them); a run record uses its driver module's closure, so an edit of
-    an unrelated chapter's code does not mark it stale.
+    an unrelated chapter's code does not mark it stale. That closure leaves out
+    :data:`RECORD_BOOKKEEPING`, the files that hold configuration values and record plumbing only.
     """
     if module not in _SOURCE_HASH:
         package = Path(__file__).resolve().parent
         h = hashlib.sha256()
-        for path in source_files(module):
+        files = source_files(module)
+        if module is not None:  # a record's closure leaves out the bookkeeping that cannot change its numbers
+            keep = {"profiles.py"} if _reads_profiles(package, files) else set()
+            files = [f for f in files if f.relative_to(package).as_posix() not in RECORD_BOOKKEEPING - keep]
+        for path in files:
             h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
         _SOURCE_HASH[module] = h.hexdigest()
     return _SOURCE_HASH[module][:length]
