@@ -162,3 +162,25 @@ def test_bad_input_gives_a_clear_error(fn, error, word):
     with pytest.raises(error) as info:
         fn()
     assert word in str(info.value)
+
+
+def test_detection_scores_count_flags_against_the_truth():
+    """Table 8's columns, against counts by hand: recall is over the true UEs, precision over the flagged."""
+    from poisonbook.experiments import dvae as chapter
+
+    truth = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=torch.bool)
+    flags = torch.tensor([1, 1, 1, 0, 1, 1, 0, 0, 0, 0], dtype=torch.bool)  # 3 TP, 1 FN, 2 FP, 4 TN
+    s = chapter.detection_scores(flags, truth)
+    assert s["acc"] == pytest.approx(7 / 10) and s["recall"] == pytest.approx(3 / 4)
+    assert s["precision"] == pytest.approx(3 / 5) and s["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 2))
+
+
+def test_mixed_set_poisons_exactly_the_ratio_and_keeps_the_rest_clean():
+    from poisonbook.experiments import dvae as chapter
+
+    clean = torch.rand(50, 3, 4, 4)
+    s = {"x": (clean + 0.1).clamp(0, 1), "clean": clean, "y": torch.arange(50) % 5}
+    x, truth = chapter._mixed(s, 0.4, seed=1)
+    assert int(truth.sum()) == 20
+    assert torch.equal(x[truth], s["x"][truth]) and torch.equal(x[~truth], clean[~truth])
+    assert not torch.equal(truth, chapter._mixed(s, 0.4, seed=2)[1])

@@ -6,6 +6,9 @@
 * :func:`dvae_table`: Algorithm 1 on each of chapter 50's unlearnable sets: Table 2's D-VAE column (with JPEG
   beside it on the same images), Table 7's inferences i1-i3 (``x1``, ``x2``, ``x3``; sampled and mean ``z``),
   Table 10's amplitudes of ``p_hat`` against ``p``, Table 1's classifier trained on clean + ``p_hat``.
+* :func:`partial_poisoning`: Sec. 5.1-5.2 and appendix D (Tables 8/11 and 9/12): a fraction of the training set is
+  unlearnable; detect it with stage 1's ``p_hat``, purify what was flagged; and "increasing UEs": a D-VAE trained
+  on a few unlearnable images turns clean ones unlearnable.
 
 The unlearnable sets and the victim are chapter 50's (:func:`poisonbook.experiments.unlearnable.poisoned_training_set`,
 ``fit_victim``), at the profile ``cfg.ue_profile`` of ``unlearnable-table`` so the crafted poisons are shared.
@@ -26,7 +29,7 @@ from .. import cache, profiles, train
 from ..defend import purification, vae as V
 from . import unlearnable as U
 
-__all__ = ["ue_config", "select_targets", "vae_vs_jpeg", "dvae_table"]
+__all__ = ["ue_config", "select_targets", "vae_vs_jpeg", "dvae_table", "detection_scores", "partial_poisoning"]
 
 
 def ue_config(cfg):
@@ -131,15 +134,22 @@ def _l2(t):
     return t.flatten(1).norm(dim=1).mean().item()
 
 
+def _targets(cfg, ucfg) -> tuple[float, float]:
+    """``(kld1, kld2)``: the profile's, or chosen by :func:`select_targets` from the Figure 2 sweep's PSNRs."""
+    if cfg.kld1 is not None:
+        return cfg.kld1, cfg.kld2
+    sweep = _vae_sweep(cfg.fig2_attack, cfg.dataset, cfg, ucfg)
+    s0 = _poisoned(cfg.fig2_attack, cfg.dataset, cfg, ucfg)
+    return select_targets({t: V.psnr(sweep[t]["x_hat"], s0["x"]) for t in cfg.targets})
+
+
 def dvae_table(cfg) -> dict:
     """Tables 1, 2, 7, 10 on each attack of ``cfg.attacks`` (targets chosen by :func:`select_targets`)."""
     ucfg = ue_config(cfg)
     dataset = cfg.dataset
     tr, te = U.load_data(dataset, ucfg)
-    sweep = _vae_sweep(cfg.fig2_attack, dataset, cfg, ucfg)
     s0 = _poisoned(cfg.fig2_attack, dataset, cfg, ucfg)
-    psnrs = {t: V.psnr(sweep[t]["x_hat"], s0["x"]) for t in cfg.targets}
-    kld1, kld2 = (select_targets(psnrs) if cfg.kld1 is None else (cfg.kld1, cfg.kld2))
+    kld1, kld2 = _targets(cfg, ucfg)
     metrics, seconds, images = {"kld1": kld1, "kld2": kld2}, {}, {}
     n_cls = tr.num_classes
     clean = s0["clean"]
@@ -173,6 +183,99 @@ def dvae_table(cfg) -> dict:
                                                   (s["x"] - s["clean"])[:4], r["p0"][:4]])
     return {"metrics": metrics, "artefacts": images, "seconds": seconds, "n_test": len(te.y),
             "scale": _scale(cfg, ucfg, len(s0["y"]), cfg.attacks)}
+
+
+def detection_scores(flags: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Accuracy, recall, precision and F1 of the flags against the true unlearnable mask (Table 8's columns)."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    f, t = flags.numpy().astype(bool), truth.numpy().astype(bool)
+    return {"acc": accuracy_score(t, f), "recall": recall_score(t, f, zero_division=0),
+            "precision": precision_score(t, f, zero_division=0), "f1": f1_score(t, f, zero_division=0)}
+
+
+def _mixed(s, ratio, seed):
+    """The training set with a random ``ratio`` of its images unlearnable (the rest clean), and the true mask."""
+    n = len(s["y"])
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:round(ratio * n)]
+    truth = torch.zeros(n, dtype=torch.bool)
+    truth[idx] = True
+    return torch.where(truth[:, None, None, None], s["x"], s["clean"]), truth
+
+
+def _partial_cell(attack, ratio, cfg, ucfg, kld1, kld2):
+    """One (attack, ratio) of Tables 8/9: detect with stage 1, purify the flagged images (Algorithm 1). Cached."""
+    s = _poisoned(attack, cfg.dataset, cfg, ucfg)
+    x, truth = _mixed(s, ratio, cfg.seed)
+    y, n_cls = s["y"], int(s["y"].max()) + 1
+    key = dict(attack=attack, ratio=ratio, dataset=cfg.dataset, kld1=kld1, kld2=kld2, seed=cfg.seed,
+               data=cache.fingerprint(x, y), embed=cfg.embed, extra_term=cfg.extra_term, **_train_kw(cfg))
+
+    def compute():
+        m1, _ = V.train_dvae(x, y, n_cls, kld_target=kld1, seed=cfg.seed, extra_term=cfg.extra_term,
+                             embed=cfg.embed, **_train_kw(cfg))
+        _, p0 = V.dvae_infer(m1, x, y, seed=cfg.seed)
+        # Sec. 5.1: a model trained on P_hat0 = x + p_hat0 learns the shortcut; it classifies the unlearnable
+        # images (which carry the real shortcut) correctly and the clean ones worse. Flag = correctly classified.
+        flags = train.predict(U.fit_victim((x + p0).clamp(0, 1), y, n_cls, ucfg), x) == y
+        purified = x.clone()
+        if flags.sum() > 0:  # detection-purification: Algorithm 1 on the flagged images only
+            r = V.dvae_purify(x[flags], y[flags], n_cls, kld1=kld1, kld2=kld2, seed=cfg.seed,
+                              extra_term=cfg.extra_term, embed=cfg.embed, **_train_kw(cfg))
+            purified[flags] = r.x3
+        return {"x": x, "truth": truth, "flags": flags, "purified": purified}
+    return cache.cached(f"dvae-partial-{attack}-{cfg.dataset}", key, compute)
+
+
+def _increase_cell(attack, ratio, cfg, ucfg, kld1):
+    """Sec. 5.2 (Tables 8/11, right): a D-VAE on the ``ratio`` of unlearnable images P(0) infers p_hat on the
+    clean rest T(1); P = P(0) + (T(1) + p_hat(1)). Returns that set (cached)."""
+    s = _poisoned(attack, cfg.dataset, cfg, ucfg)
+    _, own = _mixed(s, ratio, cfg.seed)
+    y, n_cls = s["y"], int(s["y"].max()) + 1
+    key = dict(attack=attack, ratio=ratio, dataset=cfg.dataset, kld1=kld1, seed=cfg.seed,
+               data=cache.fingerprint(s["x"], y), embed=cfg.embed, extra_term=cfg.extra_term, **_train_kw(cfg))
+
+    def compute():
+        m, _ = V.train_dvae(s["x"][own], y[own], n_cls, kld_target=kld1, seed=cfg.seed, extra_term=cfg.extra_term,
+                            embed=cfg.embed, **_train_kw(cfg))
+        _, p1 = V.dvae_infer(m, s["clean"][~own], y[~own], seed=cfg.seed)
+        x = s["x"].clone()
+        x[~own] = (s["clean"][~own] + p1).clamp(0, 1)
+        return {"x": x, "own": own}
+    return cache.cached(f"dvae-increase-{attack}-{cfg.dataset}", key, compute)
+
+
+def partial_poisoning(cfg) -> dict:
+    """Tables 8/11 (detection; increasing UEs) and 9/12 (accuracy after detection-purification, JPEG beside it).
+
+    Metric names: ``<dataset>.<attack>.r<ratio>.detect.{acc,recall,precision,f1}``, ``...r<ratio>.<defence>.test_acc``
+    for defences ``none`` (the partially poisoned set), ``jpeg`` (quality 10 on every image) and ``dvae``
+    (detection, then Algorithm 1 on the flagged images), and ``<dataset>.<attack>.inc<ratio>.test_acc``.
+    """
+    ucfg = ue_config(cfg)
+    tr, te = U.load_data(cfg.dataset, ucfg)
+    kld1, kld2 = _targets(cfg, ucfg)
+    metrics, seconds = {"kld1": kld1, "kld2": kld2}, {}
+    for attack in cfg.partial_attacks:
+        y = _poisoned(attack, cfg.dataset, cfg, ucfg)["y"]
+        for ratio in cfg.partial_ratios:
+            t0 = time.perf_counter()
+            c = _partial_cell(attack, ratio, cfg, ucfg, kld1, kld2)
+            pre = f"{cfg.dataset}.{attack}.r{ratio}"
+            metrics.update({f"{pre}.detect.{k}": v for k, v in detection_scores(c["flags"], c["truth"]).items()})
+            for name, xs in (("none", c["x"]), ("jpeg", purification.jpeg(c["x"], 10)), ("dvae", c["purified"])):
+                metrics[f"{pre}.{name}.test_acc"] = _accuracy(xs, y, tr.num_classes, ucfg, te)
+            seconds[f"{attack}.r{ratio}"] = time.perf_counter() - t0
+        for ratio in cfg.increase_ratios:
+            t0 = time.perf_counter()
+            c = _increase_cell(attack, ratio, cfg, ucfg, kld1)
+            pre = f"{cfg.dataset}.{attack}.inc{ratio}"
+            metrics[f"{pre}.test_acc"] = _accuracy(c["x"], y, tr.num_classes, ucfg, te)
+            metrics[f"{pre}.n_unlearnable"] = int(c["own"].sum())
+            seconds[f"{attack}.inc{ratio}"] = time.perf_counter() - t0
+    return {"metrics": metrics, "seconds": seconds, "n_test": len(te.y),
+            "scale": _scale(cfg, ucfg, len(y), cfg.partial_attacks)}
 
 
 def _scale(cfg, ucfg, n, attacks) -> str:
