@@ -241,6 +241,8 @@ def get(experiment: str, profile: str, **overrides: Any) -> Config:
         raise ValueError(f"Unknown setting(s) {unknown} for experiment {experiment!r}; "
                          f"valid: {', '.join(sorted(cfg))}")
     cfg.update(overrides)
+    if "derive" in entry:  # settings that follow from others (e.g. another chapter's configuration), resolved here
+        cfg.update(entry["derive"](cfg))  # so a record's configuration holds them and is compared by value
     cfg["profile"], cfg["experiment"] = profile, experiment
     return cfg
 
@@ -301,6 +303,8 @@ _check_registry()
 # around the paper's 1.0/3.0 (our KLD sums fewer latent channels).
 EXPERIMENTS.update({
     "dvae-purification": {
+        # chapter 50's configuration (its poisons and victim), resolved into this one's as `ue`
+        "derive": lambda c: {"ue": dict(get("unlearnable-table", c["ue_profile"], **dict(c["ue_overrides"])))},
         "common": dict(dataset="fashion-mnist-rgb", kld_weight=0.01, vae_lr=5e-3, extra_term=False, embed="paper",
                        kld1=None, kld2=None),
         "ci": dict(ue_profile="ci", ue_overrides={"epochs": 2}, n_train=120, fig2_attack="lsp", attacks=["lsp"],

@@ -25,7 +25,8 @@ import time
 import numpy as np
 import torch
 
-from .. import cache, profiles, train
+from .. import cache, train
+from ..profiles import Config
 from ..defend import purification, vae as V
 from . import unlearnable as U
 
@@ -33,8 +34,9 @@ __all__ = ["ue_config", "select_targets", "vae_vs_jpeg", "dvae_table", "detectio
 
 
 def ue_config(cfg):
-    """Chapter 50's configuration whose unlearnable sets and victim this chapter uses."""
-    return profiles.get("unlearnable-table", cfg.ue_profile, **dict(cfg.ue_overrides))
+    """Chapter 50's configuration whose unlearnable sets and victim this chapter uses (``profiles.get`` resolves
+    it into ``cfg.ue`` from ``ue_profile`` and ``ue_overrides``, so the record's configuration holds it)."""
+    return Config(cfg.ue)
 
 
 def _train_kw(cfg):
