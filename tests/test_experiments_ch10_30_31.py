@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from poisonbook import profiles
 from poisonbook.experiments import condensation, gc_networks
@@ -31,7 +32,12 @@ def test_gc_networks_setting_returns_every_metric_the_chapter_reads():
     assert mt["gc_delta@eps_d=1"] == pytest.approx(np.mean(out["gc"]["1"]) - mt["clean_acc"])
     curve = out["curves"]["fig7"]["1"]
     assert curve[-1] < curve[0], "GC lowers ||g(chi)||"
-    assert min(curve) >= out["curves"]["floors"]["1"]
+    floors, tauc = out["curves"]["floors"], mt["tauc"]  # tau(c) = 0 at this tiny scale: see the test below
+    for e, c in out["curves"]["fig7"].items():  # Theorem 4's floor: positive exactly below tau(c), and never beaten
+        e_val = mt["tau2"] if e == "tau" else float(e)
+        if not 0.9 * tauc <= e_val <= 1.1 * tauc:  # GC's ratio is round(eps_d n) / n: leave the edge alone
+            assert (floors[e] > 0) == (e_val < tauc), (e, floors[e], tauc)
+        assert min(c) >= floors[e] * (1 - 1e-9)
     assert set(out["curves"]["fig3"]) == {"0.1"} and out["artefacts"]["images_poisoned"].shape[1:] == (1, 28, 28)
     assert 0 <= mt["def_sever_removed_poisons@eps_d=1"] <= 1
 
@@ -74,3 +80,31 @@ def test_bad_input(call, bad, error, word):
     cfg = profiles.get("gc-networks" if call is gc_networks.setting_config else "condensation", "ci")
     with pytest.raises(error, match=word):
         call(cfg, bad)
+
+
+def test_certified_floor_is_positive_below_tau_c_and_never_beaten():
+    """Theorem 4's floor on a target with tau(c) well above eps_d (a sign-flipped logistic regression on digits):
+    positive, and no poison set (GC's optimised ones, 200 random ones) gets under it."""
+    from poisonbook import data, models, poison, theory, train
+    from torch.nn import functional as F
+
+    d = data.subset(data.load("digits", "train"), 200, seed=0)
+    torch.manual_seed(0)
+    net = models.LogisticRegression(1, 10, 8)
+    train.fit(net, d.x, d.y, epochs=30, lr=0.1, batch_size=64)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(-0.3)
+    with torch.no_grad():
+        tauc = theory.threshold_from_logits(net(d.x), d.y.numpy(), c_bound=10)
+    eps = 0.05
+    assert tauc > 4 * eps
+    floor = gc_networks.certified_floor(net, "lr", d.x, d.y, eps)
+    assert floor > 0
+    res = poison.gradient_canceling(net, F.cross_entropy, d.x, d.y, eps, epochs=30, lr=1.0)
+    assert min(res.grad_norms) >= floor * (1 - 1e-6)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        Xp = torch.rand((10, 1, 8, 8), generator=g) * 3 - 1
+        yp = torch.randint(0, 10, (10,), generator=g)
+        assert poison.mixed_gradient_norm(net, F.cross_entropy, d.x, d.y, Xp, yp) >= floor * (1 - 1e-6)

@@ -75,6 +75,7 @@ def test_gradpc_fills_the_budget_with_enough_batches(digits):
 def test_pc_zero_budget_and_determinism(digits):
     tr, _, net = digits
     assert torch.equal(_vec(grad_pc(net, F.cross_entropy, tr.x, tr.y, 0.0).model), _vec(net))
+    assert torch.equal(_vec(random_pc(net, 0.0, seed=3).model), _vec(net))  # a budget of zero changes nothing
     a, b = random_pc(net, 0.3, seed=4), random_pc(net, 0.3, seed=4)
     assert torch.equal(a.delta, b.delta) and a.rel_norm == pytest.approx(0.3, rel=1e-6)
     g1 = grad_pc(net, F.cross_entropy, tr.x, tr.y, 0.2, seed=1)

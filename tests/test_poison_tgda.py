@@ -33,8 +33,7 @@ def test_tgda_poisons_hurt_the_retrained_victim(digits):
     tr, va, te, net = digits
     res = tgda(net, tr.x, tr.y, va.x, va.y, 0.3, epochs=60, leader_lr=0.05)
     assert res.val_losses[-1] > res.val_losses[0] + 0.05
-    m = len(res.X_p)
-    assert m == 90
+    m = len(res.X_p)  # round(0.3 * 300); its value restates the construction and is not asserted
     # each poison keeps the label of the clean point it started from: with a negligible step the poisons still
     # sit on their starting rows, and the nearest clean row's label is the poison's label
     start = tgda(net, tr.x, tr.y, va.x, va.y, 0.3, epochs=1, leader_lr=1e-7)

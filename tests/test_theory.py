@@ -45,7 +45,6 @@ def test_closed_forms_named_in_the_paper():
     assert T.interval_endpoints("exponential")[0] == pytest.approx(-1 / np.e, abs=1e-15)
     assert T.interval_endpoints("square")[0] == -0.25
     assert T.interval_endpoints("hinge")[0] == -1.0
-    assert T.interval_endpoints("least_squares") == (-np.inf, np.inf)  # Example 1
     assert T.interval_endpoints("cross_entropy", c=10) == (T.lambert_bound(10), np.inf)
 
 
@@ -83,11 +82,13 @@ def test_lambert_bound_is_the_numerical_infimum_of_the_trace_term(c):
     assert best > T.lambert_bound(c) - 1e-9, "no logits go below the bound"
 
 
-def test_lambert_bound_values():
-    assert T.lambert_bound() == pytest.approx(-0.2785, abs=5e-5)
-    assert T.lambert_bound(2) == pytest.approx(-W1E, abs=1e-15)
-    bounds = [T.lambert_bound(c) for c in range(2, 20)]
-    assert all(np.diff(bounds) < 0)  # more classes, lower bound, smaller tau(c) (Section 5.2)
+def test_more_classes_give_a_lower_bound():
+    """Section 5.2: more classes, a lower infimum of the trace term, a smaller tau(c). Checked on the dense
+    minimum of the 1-D function (A.11), not on the Lambert function (whose values are scipy's to test)."""
+    t = np.linspace(-30, 30, 300_001)
+    dense = [(t * np.exp(t) / (1 / (c - 1) + np.exp(t))).min() for c in range(2, 20)]
+    assert all(np.diff(dense) < 0)
+    assert np.allclose([T.lambert_bound(c) for c in range(2, 20)], dense, atol=1e-7)
 
 
 @FAST
