@@ -96,3 +96,22 @@ def test_cached_computes_once_per_configuration(tmp_path):
     cache.cached("thing", {"n": 4}, compute, root=tmp_path)
     assert torch.equal(a, b) and len(calls) == 2
     assert cache.config_hash({"a": 1, "b": 2}) == cache.config_hash({"b": 2, "a": 1})
+
+
+def test_git_commit_is_dirty_for_changed_code_but_not_for_changed_records(tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "results" / "cpu").mkdir(parents=True)
+    (tmp_path / "results" / "cpu" / "a.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(results, "repo_root", lambda: tmp_path)
+    assert not results.git_commit().endswith("+dirty")
+    (tmp_path / "results" / "cpu" / "a.json").write_text('{"a": 1}')  # a record written by the run itself
+    assert not results.git_commit().endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results.git_commit().endswith("+dirty")

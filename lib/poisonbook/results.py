@@ -272,12 +272,15 @@ def record_path(profile: str, chapter: str, experiment: str, root: str | os.Path
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit, with ``+dirty`` when tracked files have changed; ``unknown`` outside git."""
+    """The repository's HEAD commit, with ``+dirty`` when tracked files outside ``results/`` have changed (records
+    are this code's outputs: a chapter's second record must not call the first one's file a change of code);
+    ``unknown`` outside git."""
     try:
         root = repo_root()
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
