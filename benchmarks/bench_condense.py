@@ -1,35 +1,38 @@
-"""Dataset condensation at the papers' sizes: one DM iteration and one DC outer iteration.
+"""Dataset condensation at the papers' sizes: DM iterations, K sets per real pass, DC, and the CPU's limit.
 
-ConvNet width 128, depth 3, 10 classes, 256 real images per class, 10 and 50 synthetic images per
-class, 28x28x1 and 32x32x3 inputs (random tensors: the cost does not depend on the pixel values).
+ConvNet width 128, depth 3, 10 classes, 256 real images per class, random tensors (the cost does not
+depend on the pixel values). Every case is timed for the plain eager channels-first path
+(``channels_last=False``, the code before issue 11 up to the inference-mode real pass), channels-last
+(the default) and, for DM, ``torch.compile``-d (``compile=True``; its one-off compile seconds
+separately). Ratios are to the eager channels-first time **measured in the same run** (the machine may
+be shared; absolute seconds drift, same-run ratios are what counts).
 
-* DM: ``condense.dm(..., iterations=1)`` with DSA (one fresh frozen network, one forward pass over
-  the 2,560 real images, one forward and backward pass over the synthetic set, one SGD step).
-* DC: one outer iteration (one network initialisation) has ``outer_loop`` image updates and
-  ``(outer_loop - 1) * inner_loop`` network epochs on the synthetic set: (10, 50) at ipc 10 and
-  (50, 10) at ipc 50. On a GPU (or with ``POISONBOOK_BENCH_FULL=1``) whole iterations are timed. On
-  a CPU that takes many minutes, so by default (``quick``) the parts are timed and the iteration is
-  **extrapolated** (labelled ``"extrapolated": true``):
-  ``outer_loop * t_match + (outer_loop - 1) * inner_loop * t_epoch``, with ``t_match`` one image
-  update of all classes (``condense.dc`` with ``loops=(1, 0)``: per class the real and the synthetic
-  parameter gradients and their distance, then the step) and ``t_epoch`` one training epoch of the
-  network on the synthetic set (batches of 256, plain SGD, as in ``condense.dc``). Quick mode times
-  each part once, without a warm-up call.
+* DM: ``condense.dm(..., iterations=1)`` with DSA at ipc 10 and 50, 28x28x1 and 32x32x3.
+* K sets: ``condense.dm_multi`` with K = 5 estimators (mean, median, trimmed, truncated, calibrated)
+  against one real pass, over one ``dm`` (channels-last both).
+* DC: one outer iteration at ipc 10, loops (10, 50), **extrapolated** from its parts on a CPU
+  (``outer * t_match + (outer - 1) * inner * t_epoch``; ``t_match`` one image update of all classes,
+  ``condense.dc`` with ``loops=(1, 0)``; ``t_epoch`` one network epoch on the synthetic set), at 28x28x1.
+  ``POISONBOOK_BENCH_FULL=1`` adds 32x32x3 and DC's ``batch_classes``.
+* The limit: GFLOPS of the real forward pass (2,560 images, the convolutions' multiply-adds x 2) for
+  each layout, against a 2048^3 fp32 GEMM and a bf16 GEMM measured in the same run, and the bf16
+  real forward (channels-last, autocast) with its relative error on the features.
+* Per-call setup: ``condense.dm(..., iterations=0)`` (input checks, fingerprint, sampler, stats).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import torch
-from torch.nn import functional as F
 
-from poisonbook import condense, models
-from timing import best_seconds
+from poisonbook import condense, estimators, models
+from timing import best_seconds, sync
 
 CLASSES, REAL_PER_CLASS, WIDTH = 10, 256, 128
-SHAPES = ((1, 28), (3, 32))
-IPCS = (10, 50)
+MODES = {"eager_channels_first": dict(channels_last=False), "channels_last": dict(channels_last=True),
+         "compiled": dict(channels_last=True, compile=True)}
 
 
 def _real(c: int, s: int, device: torch.device):
@@ -40,18 +43,97 @@ def _real(c: int, s: int, device: torch.device):
     return x, y
 
 
-def _net_epoch(c: int, s: int, ipc: int, device: torch.device):
-    """One epoch of DC's network update on a synthetic set of ``ipc`` images per class."""
+def _forward_flops(c: int, s: int, n: int) -> float:
+    """Multiply-adds x 2 of the ConvNet's three 3x3 convolutions on n images (28x28 is padded to 32x32)."""
+    size, total, cin = 32 if s == 28 else s, 0.0, c
+    for _ in range(3):
+        total += 2 * n * size * size * WIDTH * cin * 9
+        cin, size = WIDTH, size // 2
+    return total
+
+
+def _timed_first(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _limit(c, s, device, repeats) -> dict:
+    """GFLOPS of the real forward (each layout) against a GEMM and a bf16 GEMM measured now."""
+    n = 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    gemm = 2 * n**3 / best_seconds(lambda: a @ b, device, repeats) / 1e9
+    ab, bb = a.bfloat16(), b.bfloat16()
+    gemm_bf16 = 2 * n**3 / best_seconds(lambda: ab @ bb, device, repeats) / 1e9
+    torch.manual_seed(0)
+    net = models.ConvNet(c, CLASSES, s, width=WIDTH).to(device).train().requires_grad_(False)
+    x = torch.randn(CLASSES * REAL_PER_CLASS, c, s, s, device=device)
+    flops = _forward_flops(c, s, len(x))
+    out = {"gemm_fp32_gflops": round(gemm, 1), "gemm_bf16_gflops": round(gemm_bf16, 1),
+           "real_forward_gflop": round(flops / 1e9, 1)}
+    with torch.inference_mode():
+        ref = net.embed(x)
+        t = best_seconds(lambda: net.embed(x), device, repeats)
+        out["forward_eager_channels_first"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1)}
+        netc, xc = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        t = best_seconds(lambda: netc.embed(xc), device, repeats)
+        out["forward_channels_last"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1)}
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            err = float((netc.embed(xc).float() - ref).abs().max() / ref.abs().max())
+            t = best_seconds(lambda: netc.embed(xc), device, repeats)
+        out["forward_bf16_autocast_channels_last"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1),
+                                                      "max_rel_error": round(err, 5)}
+    out["forward_fraction_of_gemm"] = round(out["forward_channels_last"]["gflops"] / gemm, 3)
+    out["mkldnn"] = {"available": torch.backends.mkldnn.is_available(), "enabled": torch.backends.mkldnn.enabled,
+                     "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return out
+
+
+def _dm_cases(x, y, stats, ipcs, device, repeats, warmup) -> dict:
+    for kw in MODES.values():  # a small call of each path first, so no mode pays one-off set-up costs
+        condense.dm(x, y, 10, iterations=1, batch_real=8, width=WIDTH, stats=stats, **kw)
+    out = {}
+    for ipc in ipcs:
+        entry = {}
+        for mode, kw in MODES.items():
+            run = lambda: condense.dm(x, y, ipc, iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH,  # noqa: E731
+                                      stats=stats, **kw)
+            first = _timed_first(run) if mode == "compiled" else None
+            t = best_seconds(run, device, repeats, 0 if first is not None else warmup)
+            entry[mode] = {"seconds_per_iteration": round(t, 3)}
+            if first is not None:
+                entry[mode]["compile_seconds"] = round(max(first - t, 0.0), 1)
+        base = entry["eager_channels_first"]["seconds_per_iteration"]
+        for mode in entry:
+            entry[mode]["ratio_to_eager"] = round(base / entry[mode]["seconds_per_iteration"], 2)
+        out[f"ipc{ipc}"] = entry
+    return out
+
+
+def _k_sets(x, y, stats, device, repeats, warmup) -> dict:
+    ests = [condense.feature_mean, estimators.Median(), estimators.trimmed_mean(eps=0.1),
+            estimators.truncated_mean(eps=0.1), estimators.calibrated_mean(0.1)]
+    kw = dict(iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats)
+    one = best_seconds(lambda: condense.dm(x, y, 10, **kw), device, repeats, warmup)
+    five = best_seconds(lambda: condense.dm_multi(x, y, 10, [dict(estimator=e) for e in ests], **kw), device,
+                        repeats, warmup)
+    return {"one_set_s": round(one, 3), "five_sets_s": round(five, 3), "cost_ratio": round(five / one, 2),
+            "estimators": ["mean", "median", "trimmed", "truncated", "calibrated"]}
+
+
+def _net_epoch(c, s, ipc, device, channels_last):
     net = models.ConvNet(in_channels=c, num_classes=CLASSES, im_size=s, width=WIDTH).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
     xs = torch.randn(CLASSES * ipc, c, s, s, device=device)
+    if channels_last:
+        net, xs = net.to(memory_format=torch.channels_last), xs.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
     ys = torch.arange(CLASSES, device=device).repeat_interleave(ipc)
 
     def epoch():
         order = torch.randperm(len(xs), device=device)
         for i in range(0, len(order), 256):
             b = order[i:i + 256]
-            loss = F.cross_entropy(net(xs[b]), ys[b])
+            loss = torch.nn.functional.cross_entropy(net(xs[b]), ys[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -59,33 +141,44 @@ def _net_epoch(c: int, s: int, ipc: int, device: torch.device):
     return epoch
 
 
+def _dc(x, y, stats, c, s, device, repeats, warmup, full) -> dict:
+    ipc = 10
+    outer, inner = condense.DC_LOOPS[ipc]
+    modes = {"eager_channels_first": dict(channels_last=False), "channels_last": dict(channels_last=True)}
+    if full:
+        modes["channels_last_batch_classes"] = dict(channels_last=True, batch_classes=True)
+    entry = {"loops": [outer, inner], "extrapolated": True,
+             "formula": "outer*match_step + (outer-1)*inner*net_epoch"}
+    for kw in modes.values():  # a small call of each path first, so no mode pays one-off set-up costs
+        condense.dc(x, y, ipc, iterations=1, loops=(1, 0), batch_real=8, width=WIDTH, stats=stats, **kw)
+    for mode, kw in modes.items():
+        t_match = best_seconds(lambda: condense.dc(x, y, ipc, iterations=1, loops=(1, 0),  # noqa: B023
+                                                   batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **kw),
+                               device, repeats, warmup)
+        t_epoch = best_seconds(_net_epoch(c, s, ipc, device, kw["channels_last"]), device, repeats, warmup)
+        entry[mode] = {"match_step_s": round(t_match, 3), "net_epoch_s": round(t_epoch, 4),
+                       "seconds_per_iteration": round(outer * t_match + (outer - 1) * inner * t_epoch, 1)}
+    base = entry["eager_channels_first"]["seconds_per_iteration"]
+    for mode in modes:
+        entry[mode]["ratio_to_eager"] = round(base / entry[mode]["seconds_per_iteration"], 2)
+    return entry
+
+
 def run(device: torch.device, repeats: int = 5) -> dict:
-    quick = device.type == "cpu" and os.environ.get("POISONBOOK_BENCH_FULL", "0") != "1"
-    warmup = 0 if quick else 1
-    out: dict = {"quick": quick, "width": WIDTH, "classes": CLASSES, "real_per_class": REAL_PER_CLASS}
-    for c, s in SHAPES:
+    full = device.type != "cpu" or os.environ.get("POISONBOOK_BENCH_FULL", "0") == "1"
+    warmup = 1 if full else 0  # quick CPU runs: DM warms up through the small cases before it (see _dc too)
+    out: dict = {"full": full, "width": WIDTH, "classes": CLASSES, "real_per_class": REAL_PER_CLASS}
+    for c, s in ((1, 28), (3, 32)):
         x, y = _real(c, s, device)
         stats = (torch.zeros(c), torch.ones(c))
-        entry: dict = {"dm": {}, "dc": {}}
-        for ipc in IPCS:
-            dm_s = best_seconds(lambda: condense.dm(x, y, ipc, iterations=1, batch_real=REAL_PER_CLASS,
-                                                    width=WIDTH, stats=stats), device, repeats, warmup)
-            entry["dm"][f"ipc{ipc}"] = {"seconds_per_iteration": round(dm_s, 4)}
-            outer, inner = condense.DC_LOOPS[ipc]
-            if quick:
-                one_update = lambda: condense.dc(x, y, ipc, iterations=1, loops=(1, 0),  # noqa: E731
-                                                 batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats)
-                t_match = best_seconds(one_update, device, repeats, warmup)
-                t_epoch = best_seconds(_net_epoch(c, s, ipc, device), device, repeats, warmup)
-                total = outer * t_match + (outer - 1) * inner * t_epoch
-                entry["dc"][f"ipc{ipc}"] = {"seconds_per_iteration": round(total, 2), "extrapolated": True,
-                                            "loops": [outer, inner], "match_step_s": round(t_match, 4),
-                                            "net_epoch_s": round(t_epoch, 4),
-                                            "formula": "outer*match_step + (outer-1)*inner*net_epoch"}
-            else:
-                t = best_seconds(lambda: condense.dc(x, y, ipc, iterations=1, batch_real=REAL_PER_CLASS,
-                                                     width=WIDTH, stats=stats), device, repeats, warmup)
-                entry["dc"][f"ipc{ipc}"] = {"seconds_per_iteration": round(t, 4), "extrapolated": False,
-                                            "loops": [outer, inner]}
+        entry: dict = {"limit": _limit(c, s, device, repeats)}
+        entry["dm"] = _dm_cases(x, y, stats, (10, 50), device, repeats, warmup)
+        if s == 28 or full:
+            entry["dm_five_sets_per_real_pass"] = _k_sets(x, y, stats, device, repeats, warmup)
+            entry["dc_ipc10"] = _dc(x, y, stats, c, s, device, repeats, warmup, full)
+        if s == 28:
+            sync(device)
+            entry["dm_setup_per_call_s"] = round(best_seconds(
+                lambda: condense.dm(x, y, 10, iterations=0, width=WIDTH, stats=stats), device, repeats, 0), 4)
         out[f"{s}x{s}x{c}"] = entry
     return out

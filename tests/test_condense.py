@@ -134,16 +134,6 @@ def test_match_distance_zero_for_identical_positive_otherwise_and_ignores_1d():
         condense.match_distance(grads, grads[:2])
 
 
-def test_dc_improves_matching_and_runs_32x32x3():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(40, 3, 32, 32, generator=g)
-    y = torch.arange(2).repeat_interleave(20)
-    r = condense.dc(x, y, 2, iterations=2, loops=(2, 1), batch_real=8, width=8, seed=0)
-    assert r.x.shape == (4, 3, 32, 32) and r.x.device == x.device and torch.isfinite(r.x).all()
-    r = condense.dm(x, y, 2, iterations=2, batch_real=8, width=8, seed=0)
-    assert r.x.shape == (4, 3, 32, 32)
-
-
 # --------------------------------------------------------------------------- reproducibility
 
 
