@@ -501,3 +501,25 @@ PUBLISHED += [
                 note=f"CIFAR-10, {a}, poisoning ratio {r}")
       for a, pair in _T12.items() for d, vals in zip(("jpeg", "dvae"), pair) for r, v in zip(_PARTIAL_R, vals)],
 ]
+
+# Chapter 21, "Targeted poisoning of dataset condensation": Zheng & Li 2023 (RDM-DC, papers/000), Tables 1, 2, 3, 5
+# (CIFAR-10, ipc 50, 20,000 DM iterations, 1% poisons, mean +- std over 5 targets x 5 condensation runs) and Table 4
+# (TinyImageNet). Metrics "<attack>@<eps*255>.<estimator>.acc_mean" (test accuracy %) and ".asr" (attack success %,
+# std = the population std of the 0/1 outcomes) of the chapter's "protocol" record; cells shared by two tables
+# (DM and Grad Match at 64/255 against DM) are registered once.
+_CH21 = "21-targeted-poisoning-of-condensation"
+_T21 = (("gm@64.mean", "Tables 1, 3", 59.59, 0.38, 20.0, 40.0), ("dm@64.mean", "Tables 1, 2", 59.25, 0.33, 60.0, 48.99),
+        ("gm@128.mean", "Table 1", 59.37, 0.36, 60.0, 48.99), ("dm@128.mean", "Table 1", 59.23, 0.40, 100.0, 0.0),
+        ("dm@64.median", "Table 2", 44.08, 0.57, 60.0, 48.99), ("dm@64.trimmed_mean", "Table 2", 51.14, 0.73, 60.0, 48.99),
+        ("dm@64.truncated_mean", "Table 2", 57.04, 0.45, 44.0, 49.64),
+        ("dm@64.calibrated_mean", "Table 2", 57.65, 0.44, 0.0, 0.0),
+        ("gm@64.calibrated_mean", "Table 3", 57.78, 0.41, 0.0, 0.0), ("direct.mean", "Table 5", 59.29, 0.38, 100.0, 0.0),
+        ("direct.calibrated_mean", "Table 5", 57.79, 0.45, 0.0, 0.0))
+PUBLISHED += [p for _c, _src, _a, _as, _r, _rs in _T21 for p in (
+    Published(_CH21, "protocol", f"{_c}.acc_mean", _a, _RDM, _src, std=_as, note="CIFAR-10 ipc 50, test accuracy (%)"),
+    Published(_CH21, "protocol", f"{_c}.asr", _r, _RDM, _src, std=_rs, note="CIFAR-10, attack success rate (%)"))]
+PUBLISHED += [p for _m, _a, _as, _r in (("mean", 18.49, 0.23, 100.0), ("calibrated_mean", 17.68, 0.34, 0.0)) for p in (
+    Published(_CH21, "protocol-tinyimagenet", f"dm@64.{_m}.acc_mean", _a, _RDM, "Table 4", std=_as,
+              note="TinyImageNet, DM poisoning 64/255, test accuracy (%)"),
+    Published(_CH21, "protocol-tinyimagenet", f"dm@64.{_m}.asr", _r, _RDM, "Table 4", std=0.0,
+              note="TinyImageNet, DM poisoning 64/255, ASR (%)"))]
