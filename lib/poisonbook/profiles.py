@@ -159,7 +159,8 @@ EXPERIMENTS.update({
 # augmentation, DSA/DM (and here the random subset) 1,000 with DSA augmentation. cpu sizes were chosen from timings
 # of short runs on the 2 shared CPU cores at width 32 with one torch thread (s/iteration on Fashion-MNIST, another
 # job on the other core: DM 1.6, DC/DSA 2.8 at ipc 1 and about 90 at ipc 10; one evaluation network at ipc 10
-# 0.12 s/epoch; width 128 was 5-20x slower), to stay well under 60 minutes. `threads`: torch threads on CPU (two
+# 0.12 s/epoch; width 128 was 5-20x slower), to stay well under 60 minutes. DC at ipc 10 rose from 2 to 5
+# iterations when the condense package made DC's outer iteration 1.78x faster (benchmarks/results/condense.cpu.json). `threads`: torch threads on CPU (two
 # threads on a shared 2-core machine were 1.4-4x slower than one; None keeps torch's default).
 _C10_ALL = ["random", "dc", "dsa", "dm"]
 EXPERIMENTS.update({
@@ -172,7 +173,7 @@ EXPERIMENTS.update({
                    width=32, depth=2, batch_real=64, test_size=None, eval_models=2, eval_epochs_dc=100,
                    eval_epochs_dsa=100, checkpoint=False, threads=1),
         "cpu": dict(plan=[dict(dataset="fashion-mnist", ipcs=[1, 10], methods=_C10_ALL,
-                               iterations={"dm": {1: 150, 10: 150}, "dc": {1: 40, 10: 2}}),
+                               iterations={"dm": {1: 150, 10: 150}, "dc": {1: 40, 10: 5}}),
                           dict(dataset="mnist5k", ipcs=[1, 10], methods=_C10_ALL,
                                iterations={"dm": {1: 60, 10: 60}, "dc": {1: 20}})],
                     width=32, depth=3, batch_real=256, test_size=2000, eval_models=3, eval_epochs_dc=200,
@@ -199,7 +200,7 @@ EXPERIMENTS.update({
                    epochs=3, lr=0.05, batch_size=64, surrogate_lr=0.05, em_max_passes=1, rem_max_passes=1,
                    rem_samples=1, rem_adv_steps=1, tap_alpha=2 / 255, tap_steps=5, at_epochs=1, at_steps=2,
                    at_alpha=10 / 255),
-        "cpu": dict(model="convnet", datasets=["fashion-mnist-rgb"], train_size=2000, test_size=2000, width=16, depth=3, epochs=15,
+        "cpu": dict(model="convnet", datasets=["fashion-mnist-rgb", "fashion-mnist"], train_size=2000, test_size=2000, width=16, depth=3, epochs=15,
                     lr=0.05, batch_size=128, surrogate_lr=0.05, em_max_passes=8, rem_max_passes=2, rem_samples=1,
                     rem_adv_steps=2, tap_alpha=2 / 255, tap_steps=100, at_epochs=10, at_steps=3, at_alpha=5 / 255),
         "paper": dict(model="resnet18", datasets=["cifar10", "cifar100"], train_size=None, test_size=None, width=128, depth=3,
@@ -253,12 +254,14 @@ _check_registry()
 # Chapter 40, "Are condensed datasets robust?" (GUARD, papers/002: Tables 1-2, Figure 2, appendices D-F). `plan`:
 # per paper dataset (`name`, the metric prefix the published values pair with) the book's dataset that stands in for
 # it and the images per class. `loops`: DC's (outer, inner) per ipc; the cpu profile cuts ipc 10's inner loop from 50
-# to 5 epochs and runs 2 iterations. Sizes from process-CPU-time of single pieces on Fashion-MNIST (width 32, 32 real
-# images per class, one thread, measured under load): one iteration at ipc 10 DC ~8 s, GUARD ~23 s (the double
-# backward); one evaluation network 100 epochs at ipc 10 ~7 s; clean + 3 PGD-10 attacks on 300 images + lambda_1 on
-# 64 images ~13 s per network; extrapolated total ~22 min of one core at the sizes below. Evaluation: no augmentation (the
-# fork's CURE evaluation applies none), SGD lr 0.01 with the DC protocol. `appendix_e`/`appendix_f`: (name, ipc)
-# settings that also get adversarial training on the DC set / ART's PGD and Square on DC and GUARD networks.
+# to 5 epochs and runs 10 iterations at ipc 10 and 50 at ipc 1 (2 and 20 before the condense package's speed-up).
+# Sizes from process-CPU-time of single pieces on Fashion-MNIST (width 32, 32 real images per class, one thread,
+# measured under load): one iteration at ipc 10 DC ~8 s, GUARD ~21 s (the double backward, measured in the 2-iteration
+# record); one evaluation network 100 epochs at ipc 10 ~7 s; clean + 3 PGD-10 attacks on 300 images + lambda_1 on
+# 64 images ~13 s per network; the 2-iteration record took 18 min, so ~35 min of one core at the sizes below.
+# Evaluation: no augmentation (the fork's CURE evaluation applies none), SGD lr 0.01 with the DC protocol.
+# `appendix_e`/`appendix_f`: (name, ipc) settings that also get adversarial training on the DC set / ART's PGD and
+# Square on DC and GUARD networks.
 _G40_METHODS = ["dc", "dsa", "dm", "guard", "guard-code"]
 EXPERIMENTS.update({
     "guard-robustness": {
@@ -271,7 +274,7 @@ EXPERIMENTS.update({
                    checkpoint=False, threads=1),
         "cpu": dict(plan=[dict(name="mnist", dataset="mnist5k", ipcs=[1, 10]),
                           dict(name="fashion-mnist", dataset="fashion-mnist", ipcs=[1, 10])], train_size=None,
-                    iterations={"dc": {1: 20, 10: 2}, "dm": {1: 100, 10: 100}}, loops={1: [1, 1], 10: [10, 5]},
+                    iterations={"dc": {1: 50, 10: 10}, "dm": {1: 100, 10: 100}}, loops={1: [1, 1], 10: [10, 5]},
                     width=32, depth=3, batch_real=32, eval_models=3, eval_epochs=60, test_size=200, curv_size=32,
                     curv_iters=10, appendix_e=[["mnist", 10]], appendix_f=[["mnist", 10]], appendix_f_n=100,
                     appendix_f_steps=100, checkpoint=True, threads=1),
@@ -304,7 +307,9 @@ _check_registry()
 EXPERIMENTS.update({
     "dvae-purification": {
         # chapter 50's configuration (its poisons and victim), resolved into this one's as `ue`
-        "derive": lambda c: {"ue": dict(get("unlearnable-table", c["ue_profile"], **dict(c["ue_overrides"])))},
+        # (only this chapter's dataset: chapter 50's other datasets are not purified here)
+        "derive": lambda c: {"ue": dict(get("unlearnable-table", c["ue_profile"],
+                                            **{"datasets": [c["dataset"]], **dict(c["ue_overrides"])}))},
         "common": dict(dataset="fashion-mnist-rgb", kld_weight=0.01, vae_lr=5e-3, extra_term=False, embed="paper",
                        kld1=None, kld2=None),
         "ci": dict(ue_profile="ci", ue_overrides={"epochs": 2}, n_train=120, fig2_attack="lsp", attacks=["lsp"],
