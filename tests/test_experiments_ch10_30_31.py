@@ -108,3 +108,42 @@ def test_certified_floor_is_positive_below_tau_c_and_never_beaten():
         Xp = torch.rand((10, 1, 8, 8), generator=g) * 3 - 1
         yp = torch.randint(0, 10, (10,), generator=g)
         assert poison.mixed_gradient_norm(net, F.cross_entropy, d.x, d.y, Xp, yp) >= floor * (1 - 1e-6)
+
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_dm_curve_holds_the_images_a_shorter_run_ends_with(resume, monkeypatch, tmp_path):
+    """The curve's point at k iterations evaluates DM's images after k iterations: those a separate k-iteration
+    ``condense.dm`` run ends with (no callback, no checkpoint). Also after a kill and a resume from a mid-run
+    checkpoint, when the callback never sees the earlier iterations. Counts at or past the run's end are left out."""
+    from poisonbook import condense, data
+    monkeypatch.setenv("POISONBOOK_CACHE", str(tmp_path))
+    monkeypatch.setattr(condensation, "_DM_CHECKPOINT_EVERY", 4)  # a checkpoint after 4 of the 8 iterations
+    plan = [dict(dataset="digits", ipcs=[1], methods=["dm"], iterations={"dm": {1: 8}, "dc": {1: 1}})]
+    cfg = condensation.dataset_config(profiles.get(
+        "condensation", "ci", plan=plan, eval_models=1, eval_epochs_dc=3, eval_epochs_dsa=3, dm_curve=[3, 6, 7, 20],
+        curve_models=1, checkpoint=resume), "digits")
+    seen, real_curve, real_dm = {}, condensation._curve, condense.dm
+    monkeypatch.setattr(condensation, "_curve", lambda snaps, cond, *a: (seen.update(snaps), real_curve(snaps, cond, *a))[1])
+    if resume:  # the first driver call is killed; a second one (a new process: nothing kept in memory) resumes
+        def killed(*a, **k):
+            def stop(it, images, loss):
+                k["callback"](it, images, loss)
+                if it == 5:  # 6 iterations done; the checkpoint holds 4
+                    raise KeyboardInterrupt
+            return real_dm(*a, **{**k, "callback": stop})
+        monkeypatch.setattr(condense, "dm", killed)
+        with pytest.raises(KeyboardInterrupt):
+            condensation.condense_dataset(cfg)
+        monkeypatch.setattr(condense, "dm", real_dm)
+    out = condensation.condense_dataset(cfg)
+    assert out["dm_curve"]["ipc1"]["iterations"] == [3, 6, 7] == sorted(seen)
+    train_set = data.load("digits", "train+val")
+    stats = condense.channel_stats(train_set.x)
+    for k in (3, 6, 7):
+        short = real_dm(train_set.x, train_set.y, 1, iterations=k, batch_real=cfg.batch_real, init=cfg.init,
+                        stats=stats, seed=0, width=cfg.width, depth=cfg.depth, lr=cfg.dm_lr, momentum=cfg.dm_momentum,
+                        strategy=condensation.augment.strategy_for("digits"))
+        mean, std = (t.view(1, -1, 1, 1) for t in short.stats)
+        torch.testing.assert_close(seen[k] * std + mean, short.x, rtol=0, atol=1e-6)
+    assert not torch.allclose(seen[3], seen[7]), "DM moved the images between the snapshots"

@@ -160,8 +160,11 @@ EXPERIMENTS.update({
 # of short runs on the 2 shared CPU cores at width 32 with one torch thread (s/iteration on Fashion-MNIST, another
 # job on the other core: DM 1.6, DC/DSA 2.8 at ipc 1 and about 90 at ipc 10; one evaluation network at ipc 10
 # 0.12 s/epoch; width 128 was 5-20x slower), to stay well under 60 minutes. DC at ipc 10 rose from 2 to 5
-# iterations when the condense package made DC's outer iteration 1.78x faster (benchmarks/results/condense.cpu.json). `threads`: torch threads on CPU (two
-# threads on a shared 2-core machine were 1.4-4x slower than one; None keeps torch's default).
+# iterations when the condense package made DC's outer iteration 1.78x faster (benchmarks/results/condense.cpu.json).
+# `threads`: torch threads on CPU (two threads on a shared 2-core machine were 1.4-4x slower than one; None keeps
+# torch's default). `dm_curve`: DM's
+# images after these iteration counts are evaluated too (`curve_models` networks each), for accuracy against
+# iterations; the counts avoid multiples of DM's checkpoint interval (25).
 _C10_ALL = ["random", "dc", "dsa", "dm"]
 EXPERIMENTS.update({
     "condensation": {
@@ -171,19 +174,20 @@ EXPERIMENTS.update({
         "ci": dict(plan=[dict(dataset="digits", ipcs=[1, 10], methods=_C10_ALL,
                               iterations={"dm": {1: 60, 10: 60}, "dc": {1: 20, 10: 1}})],
                    width=32, depth=2, batch_real=64, test_size=None, eval_models=2, eval_epochs_dc=100,
-                   eval_epochs_dsa=100, checkpoint=False, threads=1),
+                   eval_epochs_dsa=100, dm_curve=[20], curve_models=1, checkpoint=False, threads=1),
         "cpu": dict(plan=[dict(dataset="fashion-mnist", ipcs=[1, 10], methods=_C10_ALL,
                                iterations={"dm": {1: 150, 10: 150}, "dc": {1: 40, 10: 5}}),
                           dict(dataset="mnist5k", ipcs=[1, 10], methods=_C10_ALL,
                                iterations={"dm": {1: 60, 10: 60}, "dc": {1: 20}})],
                     width=32, depth=3, batch_real=256, test_size=2000, eval_models=3, eval_epochs_dc=200,
-                    eval_epochs_dsa=200, checkpoint=True, threads=1),
+                    eval_epochs_dsa=200, dm_curve=[10, 40, 90], curve_models=2, checkpoint=True, threads=1),
         "paper": dict(plan=[dict(dataset=d, ipcs=[1, 10, 50], methods=_C10_ALL,
                                  iterations={"dm": {1: 20_000, 10: 20_000, 50: 20_000},
                                              "dc": {1: 1_000, 10: 1_000, 50: 1_000}})
                             for d in ("fashion-mnist", "mnist", "cifar10")],
                       width=128, depth=3, batch_real=256, test_size=None, eval_models=20, eval_epochs_dc=300,
-                      eval_epochs_dsa=1000, checkpoint=True, threads=None),
+                      eval_epochs_dsa=1000, dm_curve=[1010, 5010, 10010], curve_models=5, checkpoint=True,
+                      threads=None),
     },
 })
 
