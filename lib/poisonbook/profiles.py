@@ -342,8 +342,10 @@ _check_registry()
 # `target_class` under one fresh ConvNet; fractions are of the class (Sec. 4.3). Clean utility: eps is the class
 # fraction of Table 2's attack (1% of a 10-class dataset, all in one class = 10%). cpu sized from timed pieces on the
 # shared 2-core machine (one thread, other jobs running): DM at ipc 10, width 32, batch 256: 3.6-3.7 s/iteration with
-# the mean or the calibrated mean; evaluation 0.77 s/epoch; so 5 x (20 x 3.7 + 3 x 20 x 0.77) ~ 10 min, plus the
-# mixtures (~70 s at reps 4; 143 s measured at reps 8) and the real features (145 s measured): ~14 min in all.
+# the mean or the calibrated mean; evaluation 0.77 s/epoch. The five sets are condensed together (`dm_multi`, about
+# 1.6x one set per iteration: benchmarks/results/condense.cpu.json), so 60 iterations (20 when they ran one by one)
+# cost 60 x 1.6 x 3.7 + 5 x 3 x 20 x 0.77 ~ 10 min, plus the mixtures (~70 s at reps 4; 143 s measured at reps 8)
+# and the real features (145 s measured): ~14 min in all.
 _RDM_EPS = [0.01, 0.02, 0.04, 0.08]
 EXPERIMENTS.update({
     "robust-dm-mixture": {
@@ -364,7 +366,7 @@ EXPERIMENTS.update({
         "common": dict(eps=0.1, lr=1.0, momentum=0.5, power_iterations=50),
         "ci": dict(dataset="digits", train_size=None, test_size=None, ipc=2, iterations=5, batch_real=64,
                    width=16, depth=2, eval_models=2, eval_epochs=20, threads=1),
-        "cpu": dict(dataset="fashion-mnist", train_size=10000, test_size=2000, ipc=10, iterations=20,
+        "cpu": dict(dataset="fashion-mnist", train_size=10000, test_size=2000, ipc=10, iterations=60,
                     batch_real=256, width=32, depth=3, eval_models=3, eval_epochs=20, threads=1),
         "paper": dict(dataset="cifar10", train_size=None, test_size=None, ipc=50, iterations=20_000,
                       batch_real=256, width=128, depth=3, eval_models=20, eval_epochs=1000, threads=None),
