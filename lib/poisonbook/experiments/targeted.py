@@ -155,19 +155,29 @@ def poisoned_set(train, poisons: dict):
     return targeted.insert(train.x, poisons["indices"], poisons["x"])
 
 
-def _condense_eval(x, y, test, x_target, y_adv, method, class_eps, seed, cfg):
-    est = estimators.ESTIMATORS[method](class_eps, power_iterations=cfg.power_iterations)
+def _condense_eval(x, y, test, x_target, y_adv, methods, class_eps, seed, cfg) -> list[tuple]:
+    """DM with each estimator of ``methods`` on one (poisoned) training set, condensed together by
+    ``condense.dm_multi``: one real pass per iteration and the same network, batch and DSA draws for every
+    method (the calibrated mean's power method on its own generator, ``estimator_seed``). Per method:
+    (test accuracy, fraction of evaluation networks predicting ``y_adv`` for the target, their mean
+    probability of ``y_adv``, the synthetic set)."""
+    variants = [condense.DMVariant(estimator=estimators.ESTIMATORS[m](class_eps, power_iterations=cfg.power_iterations))
+                for m in methods]
     strategy = aug.strategy_for(cfg.dataset)
-    syn = condense.dm(x, y, cfg.ipc, iterations=cfg.iterations, lr=cfg.lr, momentum=cfg.momentum,
-                      batch_real=cfg.batch_real, init="noise", strategy=strategy, estimator=est, width=cfg.width,
-                      depth=cfg.depth, seed=seed)
-    ev = condense.evaluate_synthetic(syn.x, syn.y, test.x, test.y, num_models=cfg.eval_models,
-                                     epochs=cfg.eval_epochs, strategy=strategy, width=cfg.width, depth=cfg.depth,
-                                     stats=syn.stats, seed=seed, probe=x_target, keep_models=True)
-    hit = float((ev.predictions[:, 0] == y_adv).float().mean())
-    with torch.no_grad():  # a continuous companion of the 0/1 outcome: the networks' probability of y_adv
-        p_adv = float(torch.stack([net(x_target).softmax(1)[0, y_adv] for net in ev.models]).mean())
-    return ev.mean, hit, p_adv, syn
+    sets = condense.dm_multi(x, y, cfg.ipc, variants, iterations=cfg.iterations, lr=cfg.lr, momentum=cfg.momentum,
+                             batch_real=cfg.batch_real, init="noise", strategy=strategy, width=cfg.width,
+                             depth=cfg.depth, seed=seed, estimator_seed=seed)
+    out = []
+    for syn in sets:
+        ev = condense.evaluate_synthetic(syn.x, syn.y, test.x, test.y, num_models=cfg.eval_models,
+                                         epochs=cfg.eval_epochs, strategy=strategy, width=cfg.width,
+                                         depth=cfg.depth, stats=syn.stats, seed=seed, probe=x_target,
+                                         keep_models=True)
+        hit = float((ev.predictions[:, 0] == y_adv).float().mean())
+        with torch.no_grad():  # a continuous companion of the 0/1 outcome: the networks' probability of y_adv
+            p_adv = float(torch.stack([net(x_target).softmax(1)[0, y_adv] for net in ev.models]).mean())
+        out.append((ev.mean, hit, p_adv, syn))
+    return out
 
 
 def _summary(outcomes: list[int], accs: list[float], p_adv: list[float]) -> dict:
@@ -184,8 +194,8 @@ def attack_success(cfg, attack: str, eps: float | None, methods=("mean",), *, tr
 
     For every target seed in ``cfg.targets`` (:func:`choose_target`) the poisons are crafted once
     (:func:`craft`; ``attack="clean"`` condenses the clean set, the baseline); for every condensation run
-    ``r < cfg.runs`` each method condenses the same poisoned set with the same seed (the same networks,
-    real batches and DSA draws, up to the calibrated mean's own draws) and ``cfg.eval_models`` networks are
+    ``r < cfg.runs`` every method condenses the same poisoned set in one ``condense.dm_multi`` call (the same
+    networks, real batches and DSA draws: common random numbers, one real pass) and ``cfg.eval_models`` networks are
     trained on the synthetic set. The outcome of (target, run) is 1 when the majority of those networks
     predicts ``y_adv`` for the target (one network: the paper's 0/1). Per method: ``asr`` (%) and its
     population std over the (targets x runs) outcomes (as the paper reports), the Wilson 95% interval
@@ -211,9 +221,8 @@ def attack_success(cfg, attack: str, eps: float | None, methods=("mean",), *, tr
             x = poisoned_set(train, craft(attack, train, x_t, y_adv, eps, cfg, target=ti, seed=cfg.seed + s,
                                           root=root))
         for r in range(cfg.runs):
-            for m in methods:
-                acc, hit, p_adv, syn = _condense_eval(x, train.y, test, x_t, y_adv, m, class_eps,
-                                                      cfg.seed + 100 * s + r, cfg)
+            runs = _condense_eval(x, train.y, test, x_t, y_adv, methods, class_eps, cfg.seed + 100 * s + r, cfg)
+            for m, (acc, hit, p_adv, syn) in zip(methods, runs):
                 outcomes[m].append(int(hit > 0.5))
                 accs[m].append(acc)
                 probs[m].append(p_adv)
