@@ -402,3 +402,37 @@ EXPERIMENTS.update({
     },
 })
 _check_registry()
+
+# Chapter 31, "Against the authors' code" (watml/plim, GC/*.py): the book's GC next to the released code's variant
+# (first parameter tensor only, sum-reduced loss = the book's lr times 2 n^2, plain GD, the first eps_d n points as
+# start, normalised inputs, stop when the loss is below 1) and that variant with one option switched back at a time
+# (experiments.gc_code). `settings` name gc-networks settings, resolved from the gc-networks entry of `gcn_profile`
+# (data, victim, GradPC target and the book's GC are gc_networks' own). `epochs` None: the setting's gc_epochs (as
+# the book's GC); the paper profile uses the code's 1,000 (LR) / 2,000 (NN, CNN). A run that overflows is repeated
+# with lr_code x lr_backoff, up to backoff_tries rates. cpu timed whole (one thread, shared loaded 2-core machine):
+# mnist-lr 73 s, mnist-nn 136 s (3 eps_d x 7 GC runs + 8 victims each, plus the overflowing tries); ci ~5 s.
+_GCN_KEEP = ("eps_w_list", "victim_lr", "victim_batch", "gc_momentum", "gradpc_step", "gradpc_batch", "seed")
+
+
+def _gc_code_networks(c):  # the gc-networks configuration of the named settings, resolved into the record
+    full = get("gc-networks", c["gcn_profile"], seed=c["seed"])
+    by_name = {s["name"]: s for s in full["settings"]}
+    unknown = [s for s in c["settings"] if s not in by_name]
+    if unknown:
+        raise ValueError(f"gc-code: no gc-networks setting {unknown} in profile {c['gcn_profile']!r}; "
+                         f"it has {', '.join(by_name)}")
+    return {"gcn": {**{k: full[k] for k in _GCN_KEEP}, "settings": [by_name[s] for s in c["settings"]]}}
+
+
+EXPERIMENTS.update({
+    "gc-code": {
+        "derive": _gc_code_networks,
+        "common": dict(lr_code={"lr": 10.0, "mlp": 10.0, "cnn": 5.0}, normalise=[0.1307, 0.3081], stop_below=1.0,
+                       lr_backoff=0.1, backoff_tries=5),
+        "ci": dict(gcn_profile="ci", settings=["mnist-lr", "mnist-nn"], eps_d_list=[0.1, 1.0], epochs=None),
+        "cpu": dict(gcn_profile="cpu", settings=["mnist-lr", "mnist-nn"], eps_d_list=[0.03, 0.1, 1.0], epochs=None),
+        "paper": dict(gcn_profile="paper", settings=["mnist-lr", "mnist-nn", "mnist-cnn"],
+                      eps_d_list=[0.03, 0.1, 1.0], epochs={"lr": 1000, "mlp": 2000, "cnn": 2000}),
+    },
+})
+_check_registry()
