@@ -162,9 +162,8 @@ EXPERIMENTS.update({
 # 0.12 s/epoch; width 128 was 5-20x slower), to stay well under 60 minutes. DC at ipc 10 rose from 2 to 5
 # iterations when the condense package made DC's outer iteration 1.78x faster (benchmarks/results/condense.cpu.json).
 # `threads`: torch threads on CPU (two threads on a shared 2-core machine were 1.4-4x slower than one; None keeps
-# torch's default). `dm_curve`: DM's
-# images after these iteration counts are evaluated too (`curve_models` networks each), for accuracy against
-# iterations; the counts avoid multiples of DM's checkpoint interval (25).
+# torch's default). `dm_curve`: DM's images after these iteration counts are evaluated too (`curve_models` networks
+# each), for accuracy against iterations; the counts avoid multiples of DM's checkpoint interval (25).
 _C10_ALL = ["random", "dc", "dsa", "dm"]
 EXPERIMENTS.update({
     "condensation": {
@@ -204,8 +203,8 @@ EXPERIMENTS.update({
                    epochs=3, lr=0.05, batch_size=64, surrogate_lr=0.05, em_max_passes=1, rem_max_passes=1,
                    rem_samples=1, rem_adv_steps=1, tap_alpha=2 / 255, tap_steps=5, at_epochs=1, at_steps=2,
                    at_alpha=10 / 255),
-        "cpu": dict(model="convnet", datasets=["fashion-mnist-rgb", "fashion-mnist"], train_size=2000, test_size=2000, width=16, depth=3, epochs=15,
-                    lr=0.05, batch_size=128, surrogate_lr=0.05, em_max_passes=8, rem_max_passes=2, rem_samples=1,
+        "cpu": dict(model="convnet", datasets=["fashion-mnist-rgb", "fashion-mnist"], train_size=2000, test_size=2000,
+                    width=16, depth=3, epochs=15, lr=0.05, batch_size=128, surrogate_lr=0.05, em_max_passes=8, rem_max_passes=2, rem_samples=1,
                     rem_adv_steps=2, tap_alpha=2 / 255, tap_steps=100, at_epochs=10, at_steps=3, at_alpha=5 / 255),
         "paper": dict(model="resnet18", datasets=["cifar10", "cifar100"], train_size=None, test_size=None, width=128, depth=3,
                       epochs=60, lr=0.1, batch_size=128, surrogate_lr=0.1, em_max_passes=100, rem_max_passes=100,
