@@ -3,7 +3,8 @@
 Committed records must name a clean commit and the source hash of that commit's library. This
 script checks out HEAD into a temporary git worktree, executes the chapter there with papermill
 (``POISONBOOK_RECORDS=rerun``: records whose configuration or library source differ are re-run,
-matching ones are kept), and copies ``results/<profile>/<chapter>/`` back into this checkout.
+matching ones are kept), and copies ``results/<profile>/<chapter>/`` back into this checkout, also when a
+later cell of the page fails (the exit status says so): every record is written whole by its driver.
 The working tree may have uncommitted changes; only committed code runs.
 """
 
@@ -43,16 +44,17 @@ def main() -> int:
         nb = work / "notebooks" / f"{args.chapter}.ipynb"
         t0 = time.perf_counter()
         print(f"records: {args.chapter} in profile {args.profile} at {head[:10]} (in {work})", flush=True)
-        subprocess.run([sys.executable, "-m", "papermill", str(nb), str(work / "out.ipynb"), "-p", "PROFILE",
-                        args.profile, "--cwd", str(nb.parent), "--no-progress-bar"], env=env, check=True)
-        print(f"records: done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-        if src.exists():
+        rc = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(work / "out.ipynb"), "-p", "PROFILE",
+                             args.profile, "--cwd", str(nb.parent), "--no-progress-bar"], env=env).returncode
+        print(f"records: {'done' if rc == 0 else f'the page FAILED (exit {rc})'} in "
+              f"{(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+        if src.exists():  # records are written whole by their drivers: keep them even if a later cell failed
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(src, dst)
             print(f"records: copied {src} -> {dst}")
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work)], check=False)
-    return 0
+    return rc
 
 
 if __name__ == "__main__":

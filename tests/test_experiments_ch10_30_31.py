@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from poisonbook import profiles
 from poisonbook.experiments import condensation, gc_networks
@@ -147,3 +148,33 @@ def test_dm_curve_holds_the_images_a_shorter_run_ends_with(resume, monkeypatch, 
         mean, std = (t.view(1, -1, 1, 1) for t in short.stats)
         torch.testing.assert_close(seen[k] * std + mean, short.x, rtol=0, atol=1e-6)
     assert not torch.allclose(seen[3], seen[7]), "DM moved the images between the snapshots"
+
+
+def test_paper_nn_is_three_linear_layers_with_leaky_relu():
+    """Lu et al. C.1's NN (the authors' models.MLP): 784-784-784-10, leaky ReLU 0.2 after BOTH hidden layers."""
+    net = gc_networks.PaperNN()
+    assert [tuple(m.weight.shape) for m in (net.fc1, net.fc2, net.out)] == [(784, 784), (784, 784), (10, 784)]
+    small = gc_networks.PaperNN(1, 3, 4, hidden=5).double()
+    x = torch.randn(7, 1, 4, 4, dtype=torch.float64)
+    lrelu = lambda t: torch.where(t > 0, t, 0.2 * t)  # noqa: E731
+    h = lrelu(lrelu(x.flatten(1) @ small.fc1.weight.T + small.fc1.bias) @ small.fc2.weight.T + small.fc2.bias)
+    assert torch.allclose(small(x), h @ small.out.weight.T + small.out.bias)
+
+
+def test_gc_lr_rule_keeps_the_step_per_poison_fixed_across_n():
+    """gc_step: lr = eta n / curvature, so GD on eq. (33) moves a poison by eta J^T r whatever n (eq. 34)."""
+    from poisonbook import poison
+    from poisonbook.experiments.poisonability import gc_step
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3).double()
+    moves = []
+    for n in (50, 400):
+        X = torch.rand(n, 4, dtype=torch.float64)
+        y = torch.arange(n) % 3
+        X_p0 = X[:10].clone()
+        res = poison.gradient_canceling(net, F.cross_entropy, X, y, 10 / n, epochs=1, lr=gc_step(0.1, n),
+                                        momentum=0.0, init=(X_p0, y[:10]))
+        # the same step from the residual written out: eta * d/dx_j of 1/2 ||n r||^2 / n ... = eta J_j^T (n r) / n
+        moves.append(float((res.X_p - X_p0).norm()) / float(res.grad_norms[0]))
+    assert 0.5 < moves[0] / moves[1] < 2, moves  # lr = 0.1 (fixed) instead would differ by the factor 8

@@ -143,3 +143,17 @@ def test_profile_resolves_the_gc_networks_settings():
         assert [s["name"] for s in cfg.gcn["settings"]] == cfg.settings
         assert all(s == by_name[s["name"]] for s in cfg.gcn["settings"])
         assert set(cfg.lr_code) >= {by_name[s]["model"] for s in cfg.settings}
+
+
+def test_code_random_pc_adds_absolute_gaussian_noise_per_coordinate():
+    """The authors' RandomPC is w + eps N(0, I): per-coordinate std eps (not a fixed relative norm), fresh per seed."""
+    net = models.MLP(1, 10, 8, hidden=64)
+    w = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    for eps in (0.01, 0.5):
+        d = torch.cat([p.detach().reshape(-1) for p in gc_code.code_random_pc(net, eps, seed=3).parameters()]) - w
+        assert abs(float(d.std()) / eps - 1) < 0.05 and abs(float(d.mean())) < 0.1 * eps
+        assert abs(float(d.norm()) / (eps * d.numel() ** 0.5) - 1) < 0.05
+    again = torch.cat([p.detach().reshape(-1) for p in gc_code.code_random_pc(net, 0.5, seed=3).parameters()])
+    other = torch.cat([p.detach().reshape(-1) for p in gc_code.code_random_pc(net, 0.5, seed=4).parameters()])
+    assert torch.equal(again - w, d) and not torch.allclose(other - w, d)
+    assert torch.equal(torch.cat([p.detach().reshape(-1) for p in net.parameters()]), w), "the model is not modified"

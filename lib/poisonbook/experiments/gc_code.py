@@ -40,7 +40,8 @@ from .. import checks, poison, theory, train
 from ..profiles import Config
 from . import gc_networks
 
-__all__ = ["MNIST_NORM", "VARIANTS", "CodeResult", "code_variant", "first_only", "normalised_model", "compare"]
+__all__ = ["MNIST_NORM", "VARIANTS", "CodeResult", "code_variant", "first_only", "normalised_model", "code_random_pc",
+           "pc_rows", "compare"]
 
 LOSS = F.cross_entropy
 MNIST_NORM = (0.1307, 0.3081)  # transforms.Normalize((0.1307,), (0.3081,)) of the authors' scripts
@@ -144,7 +145,7 @@ def code_variant(model: nn.Module, X_clean, y_clean, eps_d, *, lr_code: float, e
 
     * ``first_param_only``: only the first parameter tensor (code, via :func:`first_only`) or the full gradient;
     * ``sum_reduction``: the code's step ``lr = 2 n^2 lr_code``, or the paper's objective scale, ``lr = lr_mean``
-      on the mean-reduced ``L_ours`` (the chapter passes the book's ``gc_lr``);
+      on the mean-reduced ``L_ours`` (the chapter passes the book's lr, ``_Setting.gc_lr``);
     * ``deterministic_start``: the first ``m`` clean points with their labels, or ``gradient_canceling``'s
       random sample drawn with ``seed``;
     * ``normalise``: the code's normalised coordinates, or the book's pixels (``None``);
@@ -271,7 +272,7 @@ def _run_variant(st, target, frozen, e: float, opts: dict, cfg: Config, a0: floa
     for k in range(tries):
         lr_code, seen = lr0 * cfg["lr_backoff"] ** k, [0]
         try:
-            res = code_variant(target, st.X, st.y, e, lr_code=lr_code, epochs=epochs, lr_mean=s["gc_lr"],
+            res = code_variant(target, st.X, st.y, e, lr_code=lr_code, epochs=epochs, lr_mean=st.gc_lr,
                                stop_below=cfg["stop_below"], seed=st.seed,
                                callback=lambda t, x, g: seen.__setitem__(0, t + 1), **kw)
         except FloatingPointError:
@@ -297,8 +298,37 @@ def _book_row(st, target, frozen, e: float, a0: float) -> dict:
     seconds = time.perf_counter() - t0
     row = _evaluate(st, target, frozen, res.X_p, res.y_p, a0, res.X_p)
     row["moved"] = None
-    return {**row, "lr_code": None, "lr": st.s["gc_lr"], "epochs": st.s["gc_epochs"], "stopped_at": None,
+    return {**row, "lr_code": None, "lr": st.gc_lr, "epochs": st.s["gc_epochs"], "stopped_at": None,
             "diverged": [], "seconds": seconds}
+
+
+def code_random_pc(model: nn.Module, eps: float, seed: int = 0) -> nn.Module:
+    """The authors' RandomPC: ``w + eps N(0, I)``, an absolute ``eps`` per coordinate (norm about ``eps sqrt(P)``)."""
+    net, gen = copy.deepcopy(model), torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(eps * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p))
+    return net
+
+
+def pc_rows(st, clean, eps_list, a0: float) -> dict:
+    """Parameter corruption with the authors' ABSOLUTE budget ``eps`` (models ``*_5e-1``), next to the book's.
+
+    Per ``eps``: GradPC at radius ``eps`` (the book's ``grad_pc`` at relative budget ``eps / ||w||``; the authors'
+    ``GradAttacker`` (attack lr 1) is not in the stored code, so its step rule is the book's), the authors' RandomPC
+    (:func:`code_random_pc`) and the book's RandomPC at GradPC's radius; test-accuracy changes in points.
+    """
+    w_norm = float(torch.cat([p.detach().reshape(-1) for p in clean.parameters()]).double().norm())
+    n_params = sum(p.numel() for p in clean.parameters())
+    rows = {}
+    for e in eps_list:
+        rel = e / w_norm
+        code = code_random_pc(clean, e, seed=st.seed)
+        rows[gc_networks.eps_key(e)] = {
+            "eps_rel": rel, "gradpc_delta": st.acc(st.gradpc(clean, rel)) - a0,
+            "randompc_code_delta": st.acc(code) - a0, "randompc_code_norm": e * n_params ** 0.5,
+            "randompc_book_delta": st.acc(poison.random_pc(clean, rel, seed=st.seed).model) - a0}
+    return rows
 
 
 def _metric_name(setting: str, variant: str, key: str, e) -> str:
@@ -321,10 +351,11 @@ def compare(cfg: Config) -> dict:
     :data:`VARIANTS`. Each row: ``delta`` (test accuracy of the victim retrained on clean + poisons minus the
     clean victim's, points), ``full_norm`` and ``first_norm`` (``||g(chi)||`` of the pixel target, full gradient
     and first tensor only), the poisons' pixel range, ``seconds`` (GC wall time, overflowing tries included).
+    ``pc``: :func:`pc_rows` at every absolute budget of ``pc_eps_abs``.
     """
     device = train.choose_device()
     gcn = Config(cfg["gcn"])
-    out = {"rows": {}, "clean_acc": {}, "target": {}, "n": {}, "seconds": {}}
+    out = {"rows": {}, "pc": {}, "clean_acc": {}, "target": {}, "n": {}, "seconds": {}}
     metrics = {}
     for name in cfg["settings"]:
         t0 = time.perf_counter()
@@ -352,12 +383,16 @@ def compare(cfg: Config) -> dict:
                 if "diverged" in row:
                     metrics[_metric_name(name, variant, "overflows", e)] = len(row["diverged"])
         out["rows"][name] = rows
+        out["pc"][name] = pc_rows(st, clean, cfg["pc_eps_abs"], a0)
+        for e, row in out["pc"][name].items():
+            for key in ("gradpc_delta", "randompc_code_delta", "randompc_book_delta"):
+                metrics[f"{name}:pc_{key}@eps_w={e}"] = row[key]
         metrics[f"{name}:clean_acc"], metrics[f"{name}:target_delta"] = a0, best["gradpc_acc"] - a0
         out["seconds"][name] = time.perf_counter() - t0
     specs = {s["name"]: s for s in gcn["settings"]}
     out["scale"] = "; ".join(
         f"{name}: {out['n'][name]} {specs[name]['dataset']} training images, model {specs[name]['model']}, "
-        f"victim {specs[name]['epochs']} epochs, book GC {specs[name]['gc_epochs']} epochs (lr "
-        f"{specs[name]['gc_lr']:g}), code GC lr_code {float(cfg['lr_code'][specs[name]['model']]):g}"
+        f"victim {specs[name]['epochs']} epochs, book GC {specs[name]['gc_epochs']} epochs ("
+        f"{gc_networks.lr_text(specs[name])}), code GC lr_code {float(cfg['lr_code'][specs[name]['model']]):g}"
         for name in cfg["settings"]) + f"; eps_d {', '.join(f'{e:g}' for e in cfg['eps_d_list'])}; {device.type}"
     return {"metrics": metrics, **out, "device": device.type}

@@ -4,7 +4,8 @@ One *setting* is a dataset and a model (``profiles.EXPERIMENTS["gc-networks"]``)
 every part the setting lists and returns its run record, :func:`reachable_target` the reachable-target
 experiment of the chapter. The parts, in the order they run:
 
-1. the clean victim (plain SGD, ``victim_lr``, mini-batches of ``victim_batch``, ``epochs`` epochs);
+1. the clean victim (SGD, ``victim_lr``, mini-batches of ``victim_batch``, ``epochs`` epochs; a setting's ``victim``
+   may set its own ``lr``, ``momentum`` and ``schedule``: the CNN's stable recipe);
 2. Tables 1/5: RandomPC and GradPC at every ``eps_w``; the GC target is the GradPC model with the largest
    *validation* drop among those whose training-set ``tau(2)`` is at most the paper's (:func:`choose_target`);
 3. Tables 2/4, Figure 7: GC (``runs`` seeds), GC+ (Adam and the target's labels, one seed) and a control (the
@@ -22,17 +23,47 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from .. import data, defend, models, poison, theory, train
 from ..profiles import Config
+from .poisonability import gc_step
 
-__all__ = ["LAST_LAYER", "setting_config", "reach_config", "certified_floor", "run_setting", "reachable_target", "eps_key"]
+__all__ = ["PaperNN", "LAST_LAYER", "lr_text", "setting_config", "reach_config", "certified_floor", "run_setting",
+           "reachable_target", "eps_key"]
 
 LOSS = F.cross_entropy
 LAST_LAYER = {"lr": ["linear.weight", "linear.bias"], "mlp": ["out.weight", "out.bias"],
               "cnn": ["fc2.weight", "fc2.bias"], "resnet18": ["fc.weight", "fc.bias"],
               "resnet34": ["fc.weight", "fc.bias"]}
+
+
+class PaperNN(nn.Module):
+    """The paper's NN (Lu et al. 2023, C.1): "a neural network (NN) with three layers, where we choose hidden size as
+    784 and apply leaky ReLU with negative_slope = 0.2", i.e. three linear layers 784-784-784-10, as the authors'
+    ``models.MLP`` class. (``poisonbook.models.MLP`` has one hidden layer.) ``hidden=None``: the paper's width, the
+    input size.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, im_size: int = 28, hidden: int | None = None,
+                 negative_slope: float = 0.2):
+        super().__init__()
+        d = in_channels * im_size * im_size
+        h = hidden or d
+        self.fc1, self.fc2, self.out = nn.Linear(d, h), nn.Linear(h, h), nn.Linear(h, num_classes)
+        self.act = nn.LeakyReLU(negative_slope)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc2(self.act(self.fc1(x.flatten(1)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.embed(x))
+
+
+def lr_text(s: dict) -> str:
+    """GC's learning rate of setting ``s`` in words, for a record's scale."""
+    return f"lr {s['gc_lr']:g}" if s["gc_eta"] is None else f"lr {s['gc_eta']:g} n"
 
 
 def eps_key(e) -> str:
@@ -88,28 +119,32 @@ class _Setting:
 
     def new_model(self):
         s = self.s
-        if s["model"] in ("lr", "mlp", "cnn"):
-            kw = {"in_channels": self.shape[0], "num_classes": self.classes, "im_size": self.shape[1]}
-            if s["model"] == "mlp":
-                kw["hidden"] = s["hidden"]
+        kw = {"in_channels": self.shape[0], "num_classes": self.classes, "im_size": self.shape[1]}
+        if s["model"] == "mlp":
+            return PaperNN(**kw, hidden=s["hidden"]).to(self.X.device)
+        if s["model"] in ("lr", "cnn"):
             return models.MODELS[s["model"]](**kw).to(self.X.device)
         return models.make(s["model"], self.shape, self.classes).to(self.X.device)
 
+    @property
+    def recipe(self) -> dict:
+        """The victim's optimiser: plain SGD at ``victim_lr``, constant, unless the setting's ``victim`` overrides."""
+        return {"lr": self.cfg.victim_lr, "momentum": 0.0, "schedule": "constant", **(self.s.get("victim") or {})}
+
     def victim(self, Xtr, ytr, maxup: bool = False):
-        """A fresh victim (same initialisation every time) trained by the paper's recipe."""
-        cfg, s = self.cfg, self.s
+        """A fresh victim (same initialisation every time) trained by the setting's recipe (MaxUp: no schedule)."""
+        cfg, s, rc = self.cfg, self.s, self.recipe
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = self.new_model()
         if maxup:
             # noise is clamped to the pixel range, except on unclipped GC poisons, which already leave it
             clamp = (0.0, 1.0) if float(Xtr.min()) >= 0 and float(Xtr.max()) <= 1 else None
-            defend.maxup_fit(net, Xtr, ytr, loss_fn=LOSS, epochs=s["epochs"], lr=cfg.victim_lr,
-                             batch_size=cfg.victim_batch, momentum=0.0, m=cfg.maxup_m, sigma=cfg.maxup_sigma,
+            defend.maxup_fit(net, Xtr, ytr, loss_fn=LOSS, epochs=s["epochs"], lr=rc["lr"],
+                             batch_size=cfg.victim_batch, momentum=rc["momentum"], m=cfg.maxup_m, sigma=cfg.maxup_sigma,
                              clamp=clamp, seed=self.seed)
         else:
-            train.fit(net, Xtr, ytr, epochs=s["epochs"], lr=cfg.victim_lr, batch_size=cfg.victim_batch,
-                      momentum=0.0, seed=self.seed)
+            train.fit(net, Xtr, ytr, epochs=s["epochs"], batch_size=cfg.victim_batch, seed=self.seed, **rc)
         return net.eval()
 
     def retrained(self, Xp, yp):
@@ -119,9 +154,15 @@ class _Setting:
         """Test accuracy in percent."""
         return 100 * train.evaluate(model, self.Xt, self.yt)
 
+    @property
+    def gc_lr(self) -> float:
+        """GC's lr: the book's rule (``gc_step``, the setting's ``gc_eta``) or the paper's constant ``gc_lr``."""
+        s = self.s
+        return s["gc_lr"] if s["gc_eta"] is None else gc_step(s["gc_eta"], self.n)
+
     def gc(self, target, eps, seed, clip=None):
         s = self.s
-        return poison.gradient_canceling(target, LOSS, self.X, self.y, eps, epochs=s["gc_epochs"], lr=s["gc_lr"],
+        return poison.gradient_canceling(target, LOSS, self.X, self.y, eps, epochs=s["gc_epochs"], lr=self.gc_lr,
                                          momentum=self.cfg.gc_momentum, clip=clip, batch_size=s["gc_batch"],
                                          seed=seed)
 
@@ -216,7 +257,7 @@ def tgda_runs(st: _Setting, clean) -> tuple[dict, dict]:
     w0 = torch.cat([p.detach().reshape(-1) for p in clean.parameters()])
     for e in cfg.eps_d_list:
         res = poison.tgda(clean, st.X, st.y, st.Xv, st.yv, e, loss_fn=LOSS, epochs=cfg.tgda_epochs,
-                          leader_lr=cfg.tgda_leader_lr, follower_lr=cfg.victim_lr, cg_iters=cfg.tgda_cg_iters,
+                          leader_lr=cfg.tgda_leader_lr, follower_lr=st.recipe["lr"], cg_iters=cfg.tgda_cg_iters,
                           damping=cfg.tgda_damping, hessian_batch=cfg.tgda_hessian_batch, seed=st.seed)
         vic = st.retrained(res.X_p, res.y_p)
         wv = torch.cat([p.detach().reshape(-1) for p in vic.parameters()])
@@ -390,7 +431,7 @@ def run_setting(cfg: Config) -> dict:
     o["seconds"] = st.seconds
     o["n"] = st.n
     o["scale"] = (f"{s['dataset']} subset: {st.n} training images, model {s['model']}, victim {s['epochs']} "
-                  f"epochs, GC {s['gc_epochs']} epochs (lr {s['gc_lr']:g}), {cfg.runs} GC run(s), GC+ 1 run (Adam "
+                  f"epochs, GC {s['gc_epochs']} epochs ({lr_text(s)}), {cfg.runs} GC run(s), GC+ 1 run (Adam "
                   f"lr {cfg.gcplus_lr:g}), TGDA {cfg.tgda_epochs} iterations, {device.type}")
     return {"metrics": metrics_of(o), "artefacts": artefacts, **o, "device": device.type}
 

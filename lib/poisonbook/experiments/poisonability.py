@@ -18,12 +18,27 @@ from torch.nn import functional as F
 from .. import data, models, poison, theory
 from ..profiles import Config
 
-__all__ = ["DT", "LOGISTIC", "or_dataset", "or_tensors", "ten_d_gaussian", "mnist17", "linear_model", "run_gc",
+__all__ = ["DT", "LOGISTIC", "gc_step", "or_dataset", "or_tensors", "ten_d_gaussian", "mnist17", "linear_model",
+           "run_gc",
            "fit_logistic", "sign_acc", "above_threshold", "figure1_or", "figure2_gauss", "figure2_mnist17",
            "least_squares", "table8_scaling"]
 
 DT = torch.float64
 LOGISTIC = poison.margin_loss_fn("logistic")
+
+
+def gc_step(eta: float, n: int, curvature: float = 1.0) -> float:
+    """The book's one learning-rate rule for GC (chapters 30 and 31): ``lr = eta n / curvature``.
+
+    Why (derived in chapter 30, section 9): a GD step on eq. (33) moves poison ``j`` by ``-(lr/n) J_j^T r`` (eq. 34;
+    ``r = g(mu) + eps g(nu)``, ``J_j = d grad l(x_j) / d x_j``), so ``eta = lr / n`` is the step in the poison's own
+    units, whatever ``n``. ``curvature`` is the scale of the objective's Hessian in the poisons where it is known:
+    for a bias-free binary linear target near a canceling set the Gauss-Newton part dominates and scales with
+    ``eps_d ||w||^2`` (least squares: ``eps_d``); for networks, where ``r`` stays large below tau and the second
+    derivative of the gradient dominates, 1 (``eps_d`` there diverged: chapter 31's profile note). The paper uses a
+    constant 0.5 (Appendix C.1); its ``paper`` profiles keep that.
+    """
+    return eta * n / curvature
 
 
 def or_dataset(copies: int, noise: float, seed: int):
@@ -72,9 +87,11 @@ def linear_model(w) -> nn.Module:
 
 
 def run_gc(w, X, y, eps, cfg: Config, epochs: int | None = None, lr: float | None = None, seed: int = 0):
-    """GC (Algorithm 1) on a bias-free logistic target; ``lr = gc_lr / (eps_d ||w||^2)`` unless given."""
+    """GC (Algorithm 1) on a bias-free logistic target; ``lr`` by :func:`gc_step` unless given.
+
+    ``cfg.gc_eta`` with curvature ``eps_d ||w||^2``."""
     w = np.asarray(w, float)
-    lr = cfg.gc_lr / (eps * float(w @ w)) if lr is None else lr
+    lr = gc_step(cfg.gc_eta, len(X), eps * float(w @ w)) if lr is None else lr
     return poison.gradient_canceling(linear_model(w), LOGISTIC, X, y, eps, epochs=epochs or cfg.gc_epochs,
                                      lr=lr, momentum=cfg.gc_momentum, seed=seed)
 
@@ -214,7 +231,8 @@ def least_squares(cfg: Config) -> dict:
     model = _Residual(w_t, b_t)
     rows, artefacts = [], {"clean": XY}
     for eps in cfg.eps_list:
-        gc = poison.gradient_canceling(model, _half_sq, Z, no_label, eps, epochs=cfg.gc_epochs, lr=cfg.gc_lr / eps,
+        gc = poison.gradient_canceling(model, _half_sq, Z, no_label, eps, epochs=cfg.gc_epochs,
+                                       lr=gc_step(cfg.gc_eta, len(Z), eps),  # curvature eps_d
                                        momentum=0.9, seed=seed)
         gm = poison.gradient_matching(model, Z, no_label, eps, loss_fn=_half_sq, reversed_loss_fn=lambda r, y: -_half_sq(r, y),
                                       steps=cfg.gm_steps, lr=cfg.gm_lr, eps_x=None, box=None, seed=seed)
@@ -262,7 +280,8 @@ def table8_scaling(cfg: Config) -> dict:
         row = {"tau2": theory.threshold_from_logits(H, y.numpy(), c_bound=2), "tau10": theory.threshold_from_logits(H, y.numpy()),
                "target_acc": acc_of(mdl)}
         for eps in cfg.eps_list:
-            gc = poison.gradient_canceling(mdl, F.cross_entropy, X, y, eps, epochs=cfg.gc_epochs, lr=cfg.gc_lr, seed=seed)
+            gc = poison.gradient_canceling(mdl, F.cross_entropy, X, y, eps, epochs=cfg.gc_epochs,
+                                           lr=gc_step(cfg.gc_eta, len(X)), seed=seed)
             rt = poison.retrain(models.LogisticRegression, X, y, gc.X_p, gc.y_p, Xt, yt, epochs=cfg.retrain_epochs,
                                 lr=cfg.retrain_lr, seed=seed)
             row[f"drop@{eps}"], row[f"gnorm@{eps}"] = 100 * (rt.accuracy - clean_acc), gc.grad_norms[-1]
