@@ -9,7 +9,7 @@ be shared; absolute seconds drift, same-run ratios are what counts).
 
 * DM: ``condense.dm(..., iterations=1)`` with DSA at ipc 10 and 50, 28x28x1 and 32x32x3.
 * K sets: ``condense.dm_multi`` with K = 5 estimators (mean, median, trimmed, truncated, calibrated)
-  against one real pass, over one ``dm`` (channels-last both).
+  against one real pass, over one ``dm``, channels-last and compiled; and five means (the estimators' share).
 * DC: one outer iteration at ipc 10, loops (10, 50), **extrapolated** from its parts on a CPU
   (``outer * t_match + (outer - 1) * inner * t_epoch``; ``t_match`` one image update of all classes,
   ``condense.dc`` with ``loops=(1, 0)``; ``t_epoch`` one network epoch on the synthetic set), at 28x28x1.
@@ -111,14 +111,21 @@ def _dm_cases(x, y, stats, ipcs, device, repeats, warmup) -> dict:
 
 
 def _k_sets(x, y, stats, device, repeats, warmup) -> dict:
+    """K = 5 estimators against one real pass over one set, channels-last eager and compiled (same run); the
+    five means alone split the cost between the shared passes and the estimators."""
     ests = [condense.feature_mean, estimators.Median(), estimators.trimmed_mean(eps=0.1),
             estimators.truncated_mean(eps=0.1), estimators.calibrated_mean(0.1)]
-    kw = dict(iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats)
-    one = best_seconds(lambda: condense.dm(x, y, 10, **kw), device, repeats, warmup)
-    five = best_seconds(lambda: condense.dm_multi(x, y, 10, [dict(estimator=e) for e in ests], **kw), device,
-                        repeats, warmup)
-    return {"one_set_s": round(one, 3), "five_sets_s": round(five, 3), "cost_ratio": round(five / one, 2),
-            "estimators": ["mean", "median", "trimmed", "truncated", "calibrated"]}
+    out = {"estimators": ["mean", "median", "trimmed", "truncated", "calibrated"]}
+    for mode in ("channels_last", "compiled"):
+        kw = dict(iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **MODES[mode])
+        one = best_seconds(lambda: condense.dm(x, y, 10, **kw), device, repeats, warmup)
+        five = best_seconds(lambda: condense.dm_multi(x, y, 10, [dict(estimator=e) for e in ests], **kw), device,
+                            repeats, warmup)
+        means = best_seconds(lambda: condense.dm_multi(x, y, 10, [dict(estimator=condense.feature_mean)] * 5, **kw),
+                             device, repeats, warmup)
+        out[mode] = {"one_set_s": round(one, 3), "five_sets_s": round(five, 3), "cost_ratio": round(five / one, 2),
+                     "five_means_s": round(means, 3), "five_means_ratio": round(means / one, 2)}
+    return out
 
 
 def _net_epoch(c, s, ipc, device, channels_last):
