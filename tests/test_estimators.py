@@ -215,15 +215,16 @@ def test_dm_rejects_too_few_samples_before_the_loop(digits):
         condense.dm(digits.x, digits.y, 1, iterations=1, estimator=estimators.truncated_mean(16), **SMALL)
 
 
+@pytest.mark.parametrize("n, d", [(40, 300), (300, 20)])  # the Gram dual (n < d) and the primal loop
 @pytest.mark.parametrize("iterations", [1, 2, 7, 50])
-def test_power_method_dual_form_equals_algorithm_5_loop(iterations):
-    """The Gram-matrix iteration returns Algorithm 5's primal iterates v <- Sigma v / ||Sigma v||, to rounding."""
+def test_power_method_dual_form_equals_algorithm_5_loop(iterations, n, d):
+    """Both forms return Algorithm 5's primal iterates v <- Sigma v / ||Sigma v||, to rounding."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 40, 300, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2, 300, dtype=torch.float64)
+    x = torch.randn(3, n, d, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2, d, dtype=torch.float64)
     xc = x - x.mean(dim=1, keepdim=True)
-    v0 = torch.randn(3, 300, generator=g, dtype=torch.float64)
+    v0 = torch.randn(3, d, generator=g, dtype=torch.float64)
     v = v0 / v0.norm(dim=-1, keepdim=True)
     for _ in range(iterations):  # the primal loop, written out
-        v = torch.einsum("cnd,cn->cd", xc, torch.einsum("cnd,cd->cn", xc, v)) / 39
+        v = torch.einsum("cnd,cn->cd", xc, torch.einsum("cnd,cd->cn", xc, v)) / (n - 1)
         v = v / v.norm(dim=-1, keepdim=True)
     assert torch.allclose(estimators.power_method(xc, iterations, v0=v0), v, atol=1e-10)

@@ -223,16 +223,22 @@ def power_method(x_centred: torch.Tensor, iterations: int, generator: torch.Gene
     ``v = Sigma v; v = v / ||v||`` with ``Sigma = X^T X / (n - 1)``, never the d x d matrix. Returns (C, d)
     unit vectors.
 
-    The same iterates are computed in the n-dimensional dual: with ``u_t = X v_t``, ``v_{t+1}`` is parallel to
-    ``X^T u_t`` and ``u_{t+1}`` to ``K u_t`` for the Gram matrix ``K = X X^T`` (C, n, n), formed once. So
-    ``v_T`` is parallel to ``X^T K^(T-1) X v_0``: each step costs n^2 instead of 2 n d (d = 2,048 features
-    against n = 256 samples per class), equal to the primal loop up to float rounding (tested).
+    When n < d the same iterates are computed in the n-dimensional dual: with ``u_t = X v_t``, ``v_{t+1}`` is
+    parallel to ``X^T u_t`` and ``u_{t+1}`` to ``K u_t`` for the Gram matrix ``K = X X^T`` (C, n, n), formed
+    once. So ``v_T`` is parallel to ``X^T K^(T-1) X v_0``: a step costs n^2 instead of 2 n d (DM's real
+    batches: n = 256 samples against d = 2,048 features), equal to the primal loop up to rounding (tested).
     """
     c, n, d = x_centred.shape
     if v0 is None:
         v0 = torch.randn(c, d, generator=generator)
     v = v0.to(device=x_centred.device, dtype=x_centred.dtype)
     tiny = torch.finfo(v.dtype).tiny
+    if n >= d:  # the primal loop of Algorithm 5
+        v = v / v.norm(dim=-1, keepdim=True)
+        for _ in range(iterations):
+            v = torch.bmm(x_centred.transpose(1, 2), torch.bmm(x_centred, v.unsqueeze(-1))).squeeze(-1)
+            v = v / v.norm(dim=-1, keepdim=True).clamp_min(tiny)
+        return v
     u = torch.bmm(x_centred, v.unsqueeze(-1))                          # (C, n, 1): X v_0
     gram = torch.bmm(x_centred, x_centred.transpose(1, 2))            # (C, n, n)
     for _ in range(iterations - 1):
