@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from poisonbook import profiles
+from poisonbook import poison, profiles
 from poisonbook.experiments import condensation, gc_networks
+from poisonbook.experiments.poisonability import gc_step
 from poisonbook.experiments.tables import DASH, num, pm
 
 
@@ -163,9 +164,6 @@ def test_paper_nn_is_three_linear_layers_with_leaky_relu():
 
 def test_gc_lr_rule_keeps_the_step_per_poison_fixed_across_n():
     """gc_step: lr = eta n / curvature, so GD on eq. (33) moves a poison by eta J^T r whatever n (eq. 34)."""
-    from poisonbook import poison
-    from poisonbook.experiments.poisonability import gc_step
-
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 3).double()
     moves = []
@@ -175,6 +173,6 @@ def test_gc_lr_rule_keeps_the_step_per_poison_fixed_across_n():
         X_p0 = X[:10].clone()
         res = poison.gradient_canceling(net, F.cross_entropy, X, y, 10 / n, epochs=1, lr=gc_step(0.1, n),
                                         momentum=0.0, init=(X_p0, y[:10]))
-        # the same step from the residual written out: eta * d/dx_j of 1/2 ||n r||^2 / n ... = eta J_j^T (n r) / n
+        # the first move per unit of ||g(chi)|| (= ||r||): eta ||J^T r|| / ||r||, of the same size for both n
         moves.append(float((res.X_p - X_p0).norm()) / float(res.grad_norms[0]))
     assert 0.5 < moves[0] / moves[1] < 2, moves  # lr = 0.1 (fixed) instead would differ by the factor 8
