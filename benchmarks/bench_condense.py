@@ -2,21 +2,25 @@
 
 ConvNet width 128, depth 3, 10 classes, 256 real images per class, random tensors (the cost does not
 depend on the pixel values). Every case is timed for the plain eager channels-first path
-(``channels_last=False``, the code before issue 11 up to the inference-mode real pass), channels-last
-(the default) and, for DM, ``torch.compile``-d (``compile=True``; its one-off compile seconds
-separately). Ratios are to the eager channels-first time **measured in the same run** (the machine may
-be shared; absolute seconds drift, same-run ratios are what counts).
+(``channels_last=False, chunk=None``: the code before issue 11 up to the inference-mode real pass),
+channels-last with whole batches (``chunk=None``), the default (channels-last, batches in cache-sized
+pieces of ``condense.CPU_CHUNK`` images on a CPU) and, for DM, ``torch.compile``-d on top of the default
+(``compile=True``; its one-off compile seconds separately). Ratios are to the eager channels-first time
+**measured in the same run** (the machine may be shared; absolute seconds drift, same-run ratios are what
+counts).
 
 * DM: ``condense.dm(..., iterations=1)`` with DSA at ipc 10 and 50, 28x28x1 and 32x32x3.
 * K sets: ``condense.dm_multi`` with K = 5 estimators (mean, median, trimmed, truncated, calibrated)
-  against one real pass, over one ``dm``, channels-last and compiled; and five means (the estimators' share).
-* DC: one outer iteration at ipc 10, loops (10, 50), **extrapolated** from its parts on a CPU
+  against one real pass, over one ``dm`` in the same mode (channels-last, default, compiled); and five
+  means (the estimators' share).
+* DC and GUARD: one outer iteration at ipc 10, loops (10, 50), **extrapolated** from its parts on a CPU
   (``outer * t_match + (outer - 1) * inner * t_epoch``; ``t_match`` one image update of all classes,
-  ``condense.dc`` with ``loops=(1, 0)``; ``t_epoch`` one network epoch on the synthetic set), at 28x28x1.
+  ``condense.dc`` / ``condense.guard`` with ``loops=(1, 0)``; ``t_epoch`` one network epoch on the
+  synthetic set, DC's own inner loop), at 28x28x1. GUARD's match step is timed once (best of 1).
   ``POISONBOOK_BENCH_FULL=1`` adds 32x32x3 and DC's ``batch_classes``.
 * The limit: GFLOPS of the real forward pass (2,560 images, the convolutions' multiply-adds x 2) for
-  each layout, against a 2048^3 fp32 GEMM and a bf16 GEMM measured in the same run, and the bf16
-  real forward (channels-last, autocast) with its relative error on the features.
+  each layout, whole and in pieces, against a 2048^3 fp32 GEMM and a bf16 GEMM measured in the same run,
+  and the bf16 real forward (channels-last, autocast) with its relative error on the features.
 * Per-call setup: ``condense.dm(..., iterations=0)`` (input checks, fingerprint, sampler, stats).
 """
 
@@ -28,11 +32,16 @@ import time
 import torch
 
 from poisonbook import condense, estimators, models
+from poisonbook.condense._core import _chunk
+from poisonbook.condense._dc import _train_network
 from timing import best_seconds, sync
 
 CLASSES, REAL_PER_CLASS, WIDTH = 10, 256, 128
-MODES = {"eager_channels_first": dict(channels_last=False), "channels_last": dict(channels_last=True),
-         "compiled": dict(channels_last=True, compile=True)}
+MODES = {"eager_channels_first": dict(channels_last=False, chunk=None),
+         "channels_last": dict(channels_last=True, chunk=None),
+         "default_chunked": dict(channels_last=True, chunk="auto"),
+         "compiled": dict(channels_last=True, chunk="auto", compile=True)}
+DC_MODES = ("eager_channels_first", "channels_last", "default_chunked")
 
 
 def _real(c: int, s: int, device: torch.device):
@@ -78,12 +87,17 @@ def _limit(c, s, device, repeats) -> dict:
         netc, xc = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         t = best_seconds(lambda: netc.embed(xc), device, repeats)
         out["forward_channels_last"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1)}
+        k = condense.CPU_CHUNK
+        t = best_seconds(lambda: torch.cat([netc.embed(xc[i:i + k]) for i in range(0, len(xc), k)]), device,
+                         repeats)
+        out[f"forward_channels_last_pieces_of_{k}"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1)}
         with torch.autocast(device.type, dtype=torch.bfloat16):
             err = float((netc.embed(xc).float() - ref).abs().max() / ref.abs().max())
             t = best_seconds(lambda: netc.embed(xc), device, repeats)
         out["forward_bf16_autocast_channels_last"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1),
                                                       "max_rel_error": round(err, 5)}
     out["forward_fraction_of_gemm"] = round(out["forward_channels_last"]["gflops"] / gemm, 3)
+    out["forward_pieces_fraction_of_gemm"] = round(out[f"forward_channels_last_pieces_of_{k}"]["gflops"] / gemm, 3)
     out["mkldnn"] = {"available": torch.backends.mkldnn.is_available(), "enabled": torch.backends.mkldnn.enabled,
                      "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     return out
@@ -116,7 +130,7 @@ def _k_sets(x, y, stats, device, repeats, warmup) -> dict:
     ests = [condense.feature_mean, estimators.Median(), estimators.trimmed_mean(eps=0.1),
             estimators.truncated_mean(eps=0.1), estimators.calibrated_mean(0.1)]
     out = {"estimators": ["mean", "median", "trimmed", "truncated", "calibrated"]}
-    for mode in ("channels_last", "compiled"):
+    for mode in ("channels_last", "default_chunked", "compiled"):
         kw = dict(iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **MODES[mode])
         one = best_seconds(lambda: condense.dm(x, y, 10, **kw), device, repeats, warmup)
         five = best_seconds(lambda: condense.dm_multi(x, y, 10, [dict(estimator=e) for e in ests], **kw), device,
@@ -128,41 +142,35 @@ def _k_sets(x, y, stats, device, repeats, warmup) -> dict:
     return out
 
 
-def _net_epoch(c, s, ipc, device, channels_last):
+def _net_epoch(c, s, ipc, device, channels_last, chunk):
+    """One epoch of DC's inner loop (``condense._dc._train_network``) on a synthetic set of ``ipc`` per class."""
     net = models.ConvNet(in_channels=c, num_classes=CLASSES, im_size=s, width=WIDTH).to(device)
     xs = torch.randn(CLASSES * ipc, c, s, s, device=device)
-    if channels_last:
-        net, xs = net.to(memory_format=torch.channels_last), xs.contiguous(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last) if channels_last else net
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     ys = torch.arange(CLASSES, device=device).repeat_interleave(ipc)
-
-    def epoch():
-        order = torch.randperm(len(xs), device=device)
-        for i in range(0, len(order), 256):
-            b = order[i:i + 256]
-            loss = torch.nn.functional.cross_entropy(net(xs[b]), ys[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    return epoch
+    rows, gen = _chunk(chunk, device, "bench"), torch.Generator().manual_seed(0)
+    return lambda: _train_network(net, opt, xs, ys, 1, 256, None, gen, channels_last, rows)
 
 
-def _dc(x, y, stats, c, s, device, repeats, warmup, full) -> dict:
-    ipc = 10
+def _dc(x, y, stats, c, s, device, repeats, warmup, full, method="dc") -> dict:
+    """DC's (or GUARD's, ``method="guard"``, timed once) outer iteration at ipc 10, extrapolated from its parts."""
+    ipc, run = 10, getattr(condense, method)
     outer, inner = condense.DC_LOOPS[ipc]
-    modes = {"eager_channels_first": dict(channels_last=False), "channels_last": dict(channels_last=True)}
-    if full:
-        modes["channels_last_batch_classes"] = dict(channels_last=True, batch_classes=True)
+    modes = {m: MODES[m] for m in DC_MODES}
+    if full and method == "dc":
+        modes["channels_last_batch_classes"] = dict(channels_last=True, chunk=None, batch_classes=True)
+    reps = repeats if method == "dc" else 1
     entry = {"loops": [outer, inner], "extrapolated": True,
              "formula": "outer*match_step + (outer-1)*inner*net_epoch"}
     for kw in modes.values():  # a small call of each path first, so no mode pays one-off set-up costs
-        condense.dc(x, y, ipc, iterations=1, loops=(1, 0), batch_real=8, width=WIDTH, stats=stats, **kw)
+        run(x, y, ipc, iterations=1, loops=(1, 0), batch_real=8, width=WIDTH, stats=stats, **kw)
     for mode, kw in modes.items():
-        t_match = best_seconds(lambda: condense.dc(x, y, ipc, iterations=1, loops=(1, 0),  # noqa: B023
-                                                   batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **kw),
-                               device, repeats, warmup)
-        t_epoch = best_seconds(_net_epoch(c, s, ipc, device, kw["channels_last"]), device, repeats, warmup)
+        t_match = best_seconds(lambda: run(x, y, ipc, iterations=1, loops=(1, 0),  # noqa: B023
+                                           batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **kw),
+                               device, reps, warmup)
+        t_epoch = best_seconds(_net_epoch(c, s, ipc, device, kw["channels_last"], kw["chunk"]), device, repeats,
+                               warmup)
         entry[mode] = {"match_step_s": round(t_match, 3), "net_epoch_s": round(t_epoch, 4),
                        "seconds_per_iteration": round(outer * t_match + (outer - 1) * inner * t_epoch, 1)}
     base = entry["eager_channels_first"]["seconds_per_iteration"]
@@ -183,6 +191,7 @@ def run(device: torch.device, repeats: int = 5) -> dict:
         if s == 28 or full:
             entry["dm_five_sets_per_real_pass"] = _k_sets(x, y, stats, device, repeats, warmup)
             entry["dc_ipc10"] = _dc(x, y, stats, c, s, device, repeats, warmup, full)
+            entry["guard_ipc10"] = _dc(x, y, stats, c, s, device, repeats, warmup, full, method="guard")
         if s == 28:
             sync(device)
             entry["dm_setup_per_call_s"] = round(best_seconds(

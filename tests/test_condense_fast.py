@@ -6,6 +6,9 @@
 * ``dm_multi`` equals K separate ``dm`` runs given the same draws, for different estimators (a randomised
   one included), initial seeds and poisoned classes; its checkpoint resumes and its key holds every variant.
 * DC's batched per-class real gradients (``batch_classes``) equal the per-class loop.
+* Batches in cache-sized pieces (``chunk``): DM's features, DC's and GUARD's piece-wise gradients
+  ``sum_k (n_k / n) grad loss(piece_k)`` equal the whole-batch ones, with uneven pieces; a batch-norm
+  network keeps whole batches; bad ``chunk`` values are refused.
 """
 
 import os
@@ -220,3 +223,85 @@ def test_dc_with_batched_class_gradients_equals_the_loop(real):
     a = condense.dc(x, y, 1, net=bn_factory, **{k: v for k, v in kw.items() if k not in NET})
     b = condense.dc(x, y, 1, net=bn_factory, batch_classes=True, **{k: v for k, v in kw.items() if k not in NET})
     assert torch.equal(a.x, b.x)
+
+
+# --------------------------------------------------------------------------- batches in cache-sized pieces
+
+
+def test_dm_in_uneven_pieces_equals_the_plain_eager_loop(real):
+    x, y = real
+    kw = dict(iterations=3, batch_real=16, strategy=augment.STRATEGY_DIGITS, seed=4)
+    ref_x, ref_loss = reference_dm(x, y, 3, **kw)
+    for chunk in (5, 7):  # 48 real rows and 9 synthetic: every pass ends in a shorter piece
+        fast = condense.dm(x, y, 3, chunk=chunk, **kw, **NET)
+        assert rel(fast.loss, ref_loss) < 1e-5 and rel(fast.x, ref_x) < 1e-5, chunk
+
+
+def test_mean_gradient_in_pieces_equals_the_whole_batch():
+    from poisonbook.condense._core import _mean_backward, _mean_grad, _pieces
+
+    assert [(s.start, s.stop) for s in _pieces(7, 3)] == [(0, 3), (3, 6), (6, 7)]
+    assert [(s.start, s.stop) for s in _pieces(7, None)] == [(0, 7)]
+    g = torch.Generator().manual_seed(1)
+    xr = torch.randn(11, 1, SIDE, SIDE, generator=g, dtype=torch.float64)
+    yr = torch.randint(0, 3, (11,), generator=g)
+    torch.manual_seed(0)
+    net = models.ConvNet(1, 3, SIDE, width=8).double()
+    params = [p for p in net.parameters() if p.ndim >= 2]
+
+    def loss(a, b):
+        return F.cross_entropy(net(a), b)
+
+    whole = torch.autograd.grad(loss(xr, yr), params)
+    for chunk in (1, 4, 5, 11, 20):
+        for a, b in zip(_mean_grad(loss, xr, yr, params, chunk), whole):
+            assert rel(a, b) < 1e-10, chunk
+        net.zero_grad(set_to_none=True)
+        _mean_backward(loss, xr, yr, chunk)
+        for p, b in zip(params, whole):
+            assert rel(p.grad, b) < 1e-10, chunk
+    # with create_graph, the second-order gradient (DC's image gradient) is the whole batch's too
+    u = xr.clone().requires_grad_(True)
+    target = [torch.randn_like(p) for p in params]
+
+    def second(chunk):
+        gs = _mean_grad(loss, u, yr, params, chunk, create_graph=True)
+        (gx,) = torch.autograd.grad(sum((a * t).sum() for a, t in zip(gs, target)), u)
+        return gx
+
+    assert rel(second(4), second(None)) < 1e-10
+
+
+def test_dc_and_guard_in_uneven_pieces_equal_whole_batches(real):
+    x, y = real
+    kw = dict(iterations=2, loops=(2, 2), batch_real=8, batch_train=5, strategy=augment.STRATEGY_DIGITS, seed=3,
+              **NET)
+    for method in (condense.dc, condense.guard):
+        whole = method(x, y, 3, chunk=None, **kw)
+        for chunk in (3, 4):  # real batches of 8, synthetic classes of 3, training batches of 5 and 4
+            pieces = method(x, y, 3, chunk=chunk, **kw)
+            assert rel(pieces.loss, whole.loss) < 1e-4 and rel(pieces.x, whole.x) < 1e-4, (method, chunk)
+
+    def bn_factory():  # batch norm: a piece's statistics would differ, so the batches stay whole
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                   torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, CLASSES))
+    bn = {k: v for k, v in kw.items() if k not in NET}
+    assert torch.equal(condense.dc(x, y, 3, net=bn_factory, chunk=3, **bn).x,
+                       condense.dc(x, y, 3, net=bn_factory, chunk=None, **bn).x)
+
+
+def test_bad_chunk_is_refused(real):
+    x, y = real
+    for bad in ("fast", 0, -2, 1.5):
+        with pytest.raises(ValueError, match="chunk"):
+            condense.dm(x, y, 1, iterations=1, batch_real=4, chunk=bad, **NET)
+        with pytest.raises(ValueError, match="chunk"):
+            condense.dc(x, y, 1, iterations=1, batch_real=4, chunk=bad, **NET)
+
+
+def test_guard_takes_its_real_loss_in_pieces(real, monkeypatch):
+    x, y = real
+    seen, call = [], condense.CurvatureLoss.__call__
+    monkeypatch.setattr(condense.CurvatureLoss, "__call__", lambda self, m, a, b: seen.append(len(a)) or call(self, m, a, b))
+    condense.guard(x, y, 1, iterations=1, loops=(1, 0), batch_real=8, chunk=3, **NET)
+    assert seen == [3, 3, 2] * CLASSES  # each class's 8 real images in pieces of 3, 3 and 2

@@ -13,9 +13,9 @@ from torch.nn import functional as F
 from .. import augment as aug
 from .. import checks
 from ..cache import Checkpoint
-from ._core import (DC_LOOPS, Condensed, _default_factory, _distance, _end_iteration, _finish, _finite, _fingerprint,
-                    _fresh_net, _layout, _make_checkpoint, _net_layout, _per_sample, _progress, _seed_from,
-                    _setup, _start, callable_key, cross_entropy_loss)
+from ._core import (DC_LOOPS, Condensed, _chunk, _default_factory, _distance, _end_iteration, _finish, _finite,
+                    _fingerprint, _fresh_net, _layout, _make_checkpoint, _mean_backward, _mean_grad, _net_layout,
+                    _per_sample, _progress, _seed_from, _setup, _start, callable_key, cross_entropy_loss)
 
 def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, lr_img: float = 0.1,
        momentum: float = 0.5, lr_net: float = 0.01, batch_real: int = 256, batch_train: int = 256,
@@ -26,7 +26,7 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
        checkpoint: Checkpoint | str | os.PathLike | None = None, checkpoint_every: int = 10,
        callback: Callable[[int, torch.Tensor, float], None] | None = None,
        progress: bool = False, method: str = "dc", channels_last: bool = True,
-       batch_classes: bool = False) -> Condensed:
+       batch_classes: bool = False, chunk: int | str | None = "auto") -> Condensed:
     """Gradient matching (Zhao, Mopuri & Bilen 2021, "Dataset Condensation with Gradient Matching", Alg. 1).
 
     For each of ``iterations`` network initialisations (the paper's outer loop, K = 1,000):
@@ -50,6 +50,13 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
     256 images each is already at full batch efficiency and ``vmap``'s grouped convolutions are slower
     (``benchmarks/bench_condense.py``), so it is off by default. ``channels_last`` (default): the network
     and images in channels-last memory (same results up to float rounding, faster convolutions).
+    ``chunk``: every mean loss over a batch (the real loss of a class, the synthetic loss, a training
+    batch) is differentiated in pieces of this many images, ``sum_k (n_k / n) grad loss(piece_k)``, so that
+    each piece's feature maps stay in the CPU's cache (``"auto"``: ``condense.CPU_CHUNK`` = 16 on a CPU,
+    whole batches on a GPU; None: whole batches). The gradients are the same up to float rounding for a
+    per-sample network and a ``real_loss`` that is a mean of per-image terms (``real_loss.rowwise_mean``:
+    the cross-entropy and GUARD's :class:`CurvatureLoss`); other losses and batch-norm networks keep whole
+    batches.
 
     ``strategy``: None for DC; a DSA strategy makes it DSA (:func:`dsa`): one transform per
     class (``per_group_op=True``) applied to the real and the synthetic batch of the class.
@@ -79,6 +86,8 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
     inner_loop = checks.integer(loops[1], "inner_loop", where=where)
     aug.parse_strategy(strategy or "none")
     device = x.device
+    chunk = _chunk(chunk, device, where)
+    rowwise = bool(getattr(real_loss, "rowwise_mean", False))
     factory = net or _default_factory(tuple(x.shape[1:]), classes, width, depth)
     config = dict(method=method, ipc=ipc, iterations=iterations, lr_img=lr_img, momentum=momentum,
                   lr_net=lr_net, batch_real=batch_real, batch_train=batch_train,
@@ -99,7 +108,9 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
         network = _net_layout(_fresh_net(factory, _seed_from(gen), device), cl)
         network.train()
         matched = [p for p in network.parameters() if p.ndim >= 2]  # 1-D gradients are skipped anyway
-        batched = batch_classes and real_loss is cross_entropy_loss and _per_sample(network)
+        per_sample = _per_sample(network)
+        batched = batch_classes and real_loss is cross_entropy_loss and per_sample
+        rows = chunk if per_sample else None  # batch norm: a piece's statistics would differ
         opt_net = torch.optim.SGD(network.parameters(), lr=lr_net)
         total = 0.0
         for ol in range(outer_loop):
@@ -120,9 +131,10 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
                     xr = real_std(idx[c])
                     xr = _layout(aug.apply(xr, d, c), cl) if d is not None else xr
                     yr = torch.full((len(xr),), c, device=device, dtype=torch.long)
-                    g_real = [g.detach() for g in torch.autograd.grad(real_loss(network, xr, yr), matched)]
-                syn_loss = F.cross_entropy(network(xs), y_syn[c * ipc:(c + 1) * ipc])
-                g_syn = torch.autograd.grad(syn_loss, matched, create_graph=True)
+                    g_real = [g.detach() for g in _mean_grad(lambda a, b: real_loss(network, a, b), xr, yr,
+                                                             matched, rows if rowwise else None)]
+                g_syn = _mean_grad(lambda a, b: F.cross_entropy(network(a), b), xs, y_syn[c * ipc:(c + 1) * ipc],
+                                   matched, rows, create_graph=True)
                 term = _distance(g_syn, g_real)
                 loss = term if loss is None else loss + term
             opt_img.zero_grad(set_to_none=True)
@@ -131,22 +143,29 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
             total += _finite(loss, it, method.upper())
             if ol == outer_loop - 1:
                 break
-            xs_train = syn.detach().clone()
-            for _ in range(inner_loop):
-                order = torch.randperm(len(xs_train), generator=gen).to(device)
-                for i in range(0, len(order), batch_train):
-                    b = order[i:i + batch_train]
-                    xb = _layout(xs_train[b], cl)
-                    if strategy:
-                        xb = _layout(aug.augment(xb, strategy, gen), cl)
-                    step_loss = F.cross_entropy(network(xb), y_syn[b])
-                    opt_net.zero_grad(set_to_none=True)
-                    step_loss.backward()
-                    opt_net.step()
+            _train_network(network, opt_net, syn.detach().clone(), y_syn, inner_loop, batch_train, strategy, gen,
+                           cl, rows)
         history.append(total / outer_loop)
         seconds += time.perf_counter() - t0
         _end_iteration(ckpt, it, iterations, syn, opt_img, gen, history, seconds, callback)
     return _finish(syn, y_syn, method, ipc, history, seconds, mean, std, config)
+
+
+def _train_network(network: nn.Module, opt: torch.optim.Optimizer, xs: torch.Tensor, ys: torch.Tensor, epochs: int,
+                   batch: int, strategy: str | None, gen: torch.Generator, cl: bool, rows: int | None) -> None:
+    """DC's inner loop: ``epochs`` epochs of SGD on the (detached) synthetic set in shuffled batches of ``batch``,
+    each batch DSA-augmented (non-Siamese) when there is a ``strategy``; each batch's mean cross-entropy is
+    differentiated in pieces of ``rows`` images (:func:`~poisonbook.condense._core._mean_backward`)."""
+    for _ in range(epochs):
+        order = torch.randperm(len(xs), generator=gen).to(xs.device)
+        for i in range(0, len(order), batch):
+            b = order[i:i + batch]
+            xb = _layout(xs[b], cl)
+            if strategy:
+                xb = _layout(aug.augment(xb, strategy, gen), cl)
+            opt.zero_grad(set_to_none=True)
+            _mean_backward(lambda a, t: F.cross_entropy(network(a), t), xb, ys[b], rows)
+            opt.step()
 
 
 def _class_gradients(network: nn.Module, xr: torch.Tensor, yr: torch.Tensor, classes: int) -> list[list]:

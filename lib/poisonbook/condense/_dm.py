@@ -13,9 +13,9 @@ from torch import nn
 from .. import augment as aug
 from .. import checks
 from ..cache import Checkpoint
-from ._core import (Condensed, Estimator, _default_factory, _finish, _finite, _fingerprint, _fresh_net,
-                    _init_images, _layout, _make_checkpoint, _match, _net_layout, _per_sample, _progress,
-                    _seed_from, _setup, callable_key, estimate_real, feature_mean)
+from ._core import (Condensed, Estimator, _chunk, _default_factory, _embed_pieces, _finish, _finite, _fingerprint,
+                    _fresh_net, _init_images, _layout, _make_checkpoint, _match, _net_layout, _per_sample,
+                    _progress, _seed_from, _setup, callable_key, estimate_real, feature_mean)
 
 def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, lr: float = 1.0,
        momentum: float = 0.5, batch_real: int = 256, init: str = "real",
@@ -25,7 +25,8 @@ def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, 
        checkpoint: Checkpoint | str | os.PathLike | None = None, checkpoint_every: int = 100,
        callback: Callable[[int, torch.Tensor, float], None] | None = None,
        on_estimate: Callable | None = None, progress: bool = False, channels_last: bool = True,
-       compile: bool = False, estimator_seed: int | None = None, init_seed: int | None = None) -> Condensed:
+       compile: bool = False, chunk: int | str | None = "auto", estimator_seed: int | None = None,
+       init_seed: int | None = None) -> Condensed:
     """Distribution matching (Zhao & Bilen 2021b, "Dataset Condensation with Distribution Matching").
 
     Each iteration samples a fresh, frozen network ``Phi_theta`` (``theta ~ P_theta``: the
@@ -70,9 +71,13 @@ def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, 
     Speed (results equal to the plain eager path up to float rounding; ``tests/test_condense_fast.py``):
     the real batch is embedded under ``torch.inference_mode`` (no autograd), and with ``channels_last``
     (default) the network and images are in channels-last memory. ``compile=True`` compiles the
-    real-batch embedding with ``torch.compile`` (a one-off cost, ``Condensed.compile_seconds``, part of
-    ``seconds``; it pays only in long runs where the compiled kernels are faster, see
-    ``benchmarks/bench_condense.py``). ``estimator_seed``: None (default) lets a randomised estimator
+    embedding with ``torch.compile``, for the real pass (no autograd) and the synthetic pass (with it) (a
+    one-off cost: ``Condensed.compile_seconds`` is the first iteration's time, both compiles included, and
+    part of ``seconds``; it pays only in long runs where the compiled kernels are
+    faster, see ``benchmarks/bench_condense.py``). ``chunk``: the real and the synthetic batch go through the network
+    in pieces of this many images (``"auto"``: ``condense.CPU_CHUNK`` = 16 on a CPU, whole batches on a
+    GPU; None: whole batches), so that each piece's feature maps stay in the CPU's cache; the features are
+    the same (the network is per sample; with batch norm the batches stay whole). ``estimator_seed``: None (default) lets a randomised estimator
     draw from the run's generator; an int gives it its own generator seeded with it, so the run's
     network, batch and augmentation draws do not depend on the estimator. ``init_seed``: None (default)
     draws the initial images from the run's generator; an int draws them from their own generator
@@ -86,7 +91,8 @@ def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, 
         iterations=iterations, lr=lr, momentum=momentum, batch_real=batch_real, init=init, strategy=strategy,
         net=net, width=width, depth=depth, num_classes=num_classes, stats=stats, seed=seed,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, callback=cb, on_estimate=oe,
-        progress=progress, channels_last=channels_last, compile=compile, estimator_seed=estimator_seed))
+        progress=progress, channels_last=channels_last, compile=compile, chunk=chunk,
+        estimator_seed=estimator_seed))
     return out
 
 
@@ -161,7 +167,7 @@ def dm_multi(x: torch.Tensor, y: torch.Tensor, ipc: int, variants: Sequence[DMVa
 
 _RUN_DEFAULTS = dict(iterations=20_000, lr=1.0, momentum=0.5, batch_real=256, init="real", strategy=aug.STRATEGY,
                      net=None, width=128, depth=3, num_classes=None, stats=None, seed=0, checkpoint=None,
-                     checkpoint_every=100, progress=False, channels_last=True, compile=False)
+                     checkpoint_every=100, progress=False, channels_last=True, compile=False, chunk="auto")
 
 
 def _embed(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -192,6 +198,7 @@ def _run(x, y, ipc, variants: list[DMVariant], where: str, method: str, o: dict)
     strategy, init, seed, cl = o["strategy"], o["init"], o["seed"], bool(o["channels_last"])
     aug.parse_strategy(strategy or "none")
     device = x.device
+    chunk = _chunk(o["chunk"], device, where)
     factory = o["net"] or _default_factory(tuple(x.shape[1:]), classes, o["width"], o["depth"])
     xs_all, own = _variant_sets(x, sampler, variants, where)  # own: per variant, the classes it changed
     for v in variants:
@@ -247,17 +254,16 @@ def _run(x, y, ipc, variants: list[DMVariant], where: str, method: str, o: dict)
             if any(own) and not _per_sample(network):
                 raise ValueError(f"{where}: variants with their own x share the clean classes' real pass, "
                                  f"which is exact only for a per-sample network (no batch norm)")
+            chunk = chunk if _per_sample(network) else None  # batch norm: a piece's statistics would differ
             checked = True
         network = _net_layout(network.train().requires_grad_(False), cl)
         idx = sampler.indices(batch_real, gen)
         d = aug.draw(strategy, classes, generator=gen, device=device, per_group_op=True) if strategy else None
-        fr = _real_features(embed, network, xs_all, own, idx, classes, batch_real, y_real, mean, std, d, cl)
-        if it == start and o["compile"]:
-            compile_seconds = time.perf_counter() - t0
+        fr = _real_features(embed, network, xs_all, own, idx, classes, batch_real, y_real, mean, std, d, cl, chunk)
         xs = torch.cat(syns)
         if d is not None:
             xs = aug.apply(xs, d, y_syn.repeat(len(syns)))
-        fs = network.embed(_layout(xs, cl)).view(len(syns), classes, ipc, -1)
+        fs = _embed_pieces(embed, network, _layout(xs, cl), chunk).view(len(syns), classes, ipc, -1)
         losses = []
         for k, v in enumerate(variants):
             target, dropped = estimate_real(v.estimator, fr[k], est_gens[k])
@@ -271,6 +277,8 @@ def _run(x, y, ipc, variants: list[DMVariant], where: str, method: str, o: dict)
             opt.step()
         for h, loss in zip(histories, losses):
             h.append(_finite(loss, it, "DM"))
+        if it == start and o["compile"]:
+            compile_seconds = time.perf_counter() - t0  # both graphs compile in the first iteration
         seconds += time.perf_counter() - t0
         if ckpt is not None and ckpt.due(it, iterations - 1):
             ckpt.save({"images": [s.detach().cpu() for s in syns], "optimizer": [p.state_dict() for p in opts],
@@ -326,7 +334,8 @@ def _init_sets(x, xs_all, mean, std, sampler, ipc, classes, init, gen, variants,
     return syns
 
 
-def _real_features(embed, network, xs_all, own, idx, classes, n, y_real, mean, std, d, cl) -> list[torch.Tensor]:
+def _real_features(embed, network, xs_all, own, idx, classes, n, y_real, mean, std, d, cl,
+                   chunk) -> list[torch.Tensor]:
     """Each variant's real features (C, n, d), detached. One forward pass without autograd over the real
     batch and, per variant, the rows of the classes it changed (the same indices, its own pixels)."""
     x, device = xs_all[0], xs_all[0].device
@@ -341,7 +350,7 @@ def _real_features(embed, network, xs_all, own, idx, classes, n, y_real, mean, s
     with torch.inference_mode():
         if d is not None:
             xr = aug.apply(xr, d, torch.cat(labels))
-        f = embed(network, _layout(xr, cl)).flatten(1)
+        f = _embed_pieces(embed, network, _layout(xr, cl), chunk).flatten(1)
     f = f.clone()  # a normal tensor (not an inference tensor) for the estimators and callbacks
     base = f[:classes * n].view(classes, n, -1)
     out, row = [], classes * n

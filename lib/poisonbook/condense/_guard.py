@@ -36,6 +36,10 @@ class CurvatureLoss:
     computed). Its ``__name__`` carries every parameter, so it enters :func:`dc`'s checkpoint key.
     """
 
+    #: A mean over the rows of per-row terms (``l`` and ``R_i`` are per image): :func:`dc` may differentiate it
+    #: piece by piece (``chunk``).
+    rowwise_mean = True
+
     def __init__(self, lam: float = 100.0, h: float = 0.6, form: str = "paper", std=None,
                  loss: Callable = F.cross_entropy):
         where = "CurvatureLoss"
