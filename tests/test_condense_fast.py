@@ -302,6 +302,7 @@ def test_bad_chunk_is_refused(real):
 def test_guard_takes_its_real_loss_in_pieces(real, monkeypatch):
     x, y = real
     seen, call = [], condense.CurvatureLoss.__call__
-    monkeypatch.setattr(condense.CurvatureLoss, "__call__", lambda self, m, a, b: seen.append(len(a)) or call(self, m, a, b))
+    monkeypatch.setattr(condense.CurvatureLoss, "__call__",
+                        lambda self, m, a, b: seen.append(len(a)) or call(self, m, a, b))
     condense.guard(x, y, 1, iterations=1, loops=(1, 0), batch_real=8, chunk=3, **NET)
     assert seen == [3, 3, 2] * CLASSES  # each class's 8 real images in pieces of 3, 3 and 2

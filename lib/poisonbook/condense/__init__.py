@@ -34,8 +34,8 @@ uninterrupted run. Tensors stay on the device of the real images ``x``.
 
 Speed. :func:`dm` embeds the real batch without autograd and in channels-last memory (optionally
 ``torch.compile``-d); on a CPU every large batch goes through the network in cache-sized pieces
-(``chunk``, :data:`CPU_CHUNK`); :func:`dm_multi` condenses several synthetic sets against one real pass (common
-random numbers); :func:`dc` can batch its per-class real gradients (``batch_classes``). Results equal
+(``chunk``, :data:`CPU_CHUNK`); :func:`dm_multi` condenses several synthetic sets against one real pass
+(common random numbers); :func:`dc` can batch its per-class real gradients (``batch_classes``). Results equal
 the plain eager path up to float rounding (``tests/test_condense_fast.py``; timings in
 ``benchmarks/bench_condense.py``).
 
@@ -43,8 +43,8 @@ Modules: ``_core`` (defaults, losses, results, run machinery), ``_dm`` (DM), ``_
 ``_guard`` (GUARD), ``_evaluate`` (baseline and evaluation); every public name is re-exported here.
 """
 
-from ._core import (CPU_CHUNK, DC_DEFAULTS, DC_LOOPS, DM_DEFAULTS, EVAL_DEFAULTS, INITS, Condensed, Estimator, Evaluation,
-                    Standardize, callable_key, channel_stats, cross_entropy_loss, dm_loss, estimate_real,
+from ._core import (CPU_CHUNK, DC_DEFAULTS, DC_LOOPS, DM_DEFAULTS, EVAL_DEFAULTS, INITS, Condensed, Estimator,
+                    Evaluation, Standardize, callable_key, channel_stats, cross_entropy_loss, dm_loss, estimate_real,
                     feature_mean, match_distance, per_class)
 from ._dc import dc, dsa
 from ._dm import DMVariant, dm, dm_multi
@@ -52,8 +52,8 @@ from ._evaluate import evaluate_synthetic, random_subset
 from ._guard import GUARD_FORMS, CurvatureLoss, guard
 
 __all__ = [
-    "CPU_CHUNK", "DC_LOOPS", "DM_DEFAULTS", "DC_DEFAULTS", "EVAL_DEFAULTS", "INITS", "Estimator", "Condensed", "Evaluation",
-    "Standardize", "channel_stats", "feature_mean", "per_class", "callable_key", "estimate_real", "dm_loss",
-    "match_distance", "cross_entropy_loss", "dm", "dm_multi", "DMVariant", "dc", "dsa", "GUARD_FORMS",
+    "CPU_CHUNK", "DC_LOOPS", "DM_DEFAULTS", "DC_DEFAULTS", "EVAL_DEFAULTS", "INITS", "Estimator", "Condensed",
+    "Evaluation", "Standardize", "channel_stats", "feature_mean", "per_class", "callable_key", "estimate_real",
+    "dm_loss", "match_distance", "cross_entropy_loss", "dm", "dm_multi", "DMVariant", "dc", "dsa", "GUARD_FORMS",
     "CurvatureLoss", "guard", "random_subset", "evaluate_synthetic",
 ]

@@ -224,7 +224,7 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
     return F.cross_entropy(model(x), y)
 
 
-#: A mean over the rows of per-row terms: :func:`dc` may take its gradient piece by piece (see :func:`_mean_grad`).
+#: A mean over the rows of per-row terms: :func:`dc` may take its gradient piece by piece (:func:`_mean_grad`).
 cross_entropy_loss.rowwise_mean = True
 
 
@@ -238,7 +238,8 @@ class Condensed:
     ``x`` (C*ipc, channels, H, W) in the caller's coordinates (not clipped), ``y`` the class-major
     labels; ``loss`` the matching loss per iteration; ``seconds`` the time spent in the loop
     (over all resumed parts); ``iterations`` done; ``stats`` the (mean, std) used to standardise;
-    ``compile_seconds`` the first iteration's seconds when compiling (``dm(..., compile=True)``: both compiles in it).
+    ``compile_seconds`` the first iteration's seconds when compiling (``dm(..., compile=True)``: both
+    compiles happen in it).
     """
 
     x: torch.Tensor
@@ -403,11 +404,12 @@ def _net_layout(network: nn.Module, channels_last: bool) -> nn.Module:
     return network.to(memory_format=torch.channels_last) if channels_last else network
 
 
-#: Rows per piece of a large batch on a CPU (``chunk="auto"`` of :func:`dm`, :func:`dc`). At width 128 the ConvNet's
-#: first feature map is 512 KB per image; the norm, ReLU and pooling after each convolution read and write the whole
-#: map, and a batch of 2,560 images (1.3 GB) streams it through memory each time, where 16 images' (8 MB) stay in
-#: the last-level cache. On 2 AMD EPYC cores the real forward pass runs 2x faster in pieces of 16, the per-class real
-#: gradient 1.5x (``benchmarks/bench_condense.py``). A GPU takes whole batches ("auto" is None there).
+#: Rows per piece of a large batch on a CPU (``chunk="auto"`` of :func:`dm`, :func:`dc`). At width 128 the
+#: ConvNet's first feature map is 512 KB per image; the norm, ReLU and pooling after each convolution read and
+#: write the whole map, and a batch of 2,560 images (1.3 GB) streams it through memory each time, where 16
+#: images' (8 MB) stay in the last-level cache. On 2 AMD EPYC cores the real forward pass runs 2x faster in
+#: pieces of 16 and the per-class real gradient 1.5x (``benchmarks/bench_condense.py``). A GPU takes whole
+#: batches ("auto" is None there).
 CPU_CHUNK = 16
 
 
@@ -443,7 +445,8 @@ def _mean_grad(loss: Callable, x: torch.Tensor, y: torch.Tensor, params, chunk: 
     rounding (one piece: exactly ``grad loss(x, y)``)."""
     total = None
     for s in _pieces(len(x), chunk):
-        g = torch.autograd.grad(loss(x[s], y[s]) * ((s.stop - s.start) / len(x)), params, create_graph=create_graph)
+        piece = loss(x[s], y[s]) * ((s.stop - s.start) / len(x))
+        g = torch.autograd.grad(piece, params, create_graph=create_graph)
         total = list(g) if total is None else [a + b for a, b in zip(total, g)]
     return total
 

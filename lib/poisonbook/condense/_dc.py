@@ -46,9 +46,9 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
     in one pass over all classes instead (``torch.func.vmap`` of ``torch.func.grad`` of each class's
     mean cross-entropy): exact, up to float rounding, for the default ``real_loss`` and a network
     without batch norm (the ConvNet's instance norm is per sample); other cases keep the loop. It pays
-    where many small kernels cost more than their arithmetic (a GPU); on a CPU the loop over classes of
-    256 images each is already at full batch efficiency and ``vmap``'s grouped convolutions are slower
-    (``benchmarks/bench_condense.py``), so it is off by default. ``channels_last`` (default): the network
+    where many small kernels cost more than their arithmetic (a GPU); on a CPU the loop over classes, in
+    cache-sized pieces (``chunk``), is faster, and ``vmap``'s grouped convolutions are slower
+    (``benchmarks/bench_condense.py``), so it is off by default (it takes whole batches). ``channels_last`` (default): the network
     and images in channels-last memory (same results up to float rounding, faster convolutions).
     ``chunk``: every mean loss over a batch (the real loss of a class, the synthetic loss, a training
     batch) is differentiated in pieces of this many images, ``sum_k (n_k / n) grad loss(piece_k)``, so that

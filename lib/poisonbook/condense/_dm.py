@@ -73,12 +73,12 @@ def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, 
     (default) the network and images are in channels-last memory. ``compile=True`` compiles the
     embedding with ``torch.compile``, for the real pass (no autograd) and the synthetic pass (with it) (a
     one-off cost: ``Condensed.compile_seconds`` is the first iteration's time, both compiles included, and
-    part of ``seconds``; it pays only in long runs where the compiled kernels are
-    faster, see ``benchmarks/bench_condense.py``). ``chunk``: the real and the synthetic batch go through the network
-    in pieces of this many images (``"auto"``: ``condense.CPU_CHUNK`` = 16 on a CPU, whole batches on a
-    GPU; None: whole batches), so that each piece's feature maps stay in the CPU's cache; the features are
-    the same (the network is per sample; with batch norm the batches stay whole). ``estimator_seed``: None (default) lets a randomised estimator
-    draw from the run's generator; an int gives it its own generator seeded with it, so the run's
+    part of ``seconds``; it pays only in long runs where the compiled kernels are faster, see
+    ``benchmarks/bench_condense.py``). ``chunk``: the real and the synthetic batch go through the network in
+    pieces of this many images (``"auto"``: ``condense.CPU_CHUNK`` = 16 on a CPU, whole batches on a GPU;
+    None: whole batches), so that each piece's feature maps stay in the CPU's cache; the features are the
+    same (the network is per sample; with batch norm the batches stay whole). ``estimator_seed``: None
+    (default) lets a randomised estimator draw from the run's generator; an int gives it its own generator seeded with it, so the run's
     network, batch and augmentation draws do not depend on the estimator. ``init_seed``: None (default)
     draws the initial images from the run's generator; an int draws them from their own generator
     seeded with it (the run's own initial draw is still made and discarded, so every later draw is
