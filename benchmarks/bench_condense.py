@@ -16,7 +16,10 @@ counts).
 * DC and GUARD: one outer iteration at ipc 10, loops (10, 50), **extrapolated** from its parts on a CPU
   (``outer * t_match + (outer - 1) * inner * t_epoch``; ``t_match`` one image update of all classes,
   ``condense.dc`` / ``condense.guard`` with ``loops=(1, 0)``; ``t_epoch`` one network epoch on the
-  synthetic set, DC's own inner loop), at 28x28x1. GUARD's match step is timed once (best of 1).
+  synthetic set, DC's own inner loop), at 28x28x1. DC's default is channels-first in pieces (every pass
+  needs gradients, see ``condense.dc``), so its modes add channels-last in pieces; and compiled (``dc(..., compile=True)``: the
+  real gradients and the training batches through ``torch.compile``, the synthetic gradient eager; the
+  compile seconds separately). GUARD's match step is timed once (best of 1).
   ``POISONBOOK_BENCH_FULL=1`` adds 32x32x3 and DC's ``batch_classes``.
 * The limit: GFLOPS of the real forward pass (2,560 images, the convolutions' multiply-adds x 2) for
   each layout, whole and in pieces, against a 2048^3 fp32 GEMM and a bf16 GEMM measured in the same run,
@@ -32,7 +35,7 @@ import time
 import torch
 
 from poisonbook import condense, estimators, models
-from poisonbook.condense._core import _chunk
+from poisonbook.condense._core import _chunk, _compiled, _forward
 from poisonbook.condense._dc import _train_network
 from timing import best_seconds, sync
 
@@ -41,7 +44,12 @@ MODES = {"eager_channels_first": dict(channels_last=False, chunk=None),
          "channels_last": dict(channels_last=True, chunk=None),
          "default_chunked": dict(channels_last=True, chunk="auto"),
          "compiled": dict(channels_last=True, chunk="auto", compile=True)}
-DC_MODES = ("eager_channels_first", "channels_last", "default_chunked")
+# DC's default is channels-first (every pass needs gradients; see condense.dc): its own default and compiled modes
+DC_MODES = {"eager_channels_first": dict(channels_last=False, chunk=None),
+            "channels_last": dict(channels_last=True, chunk=None),
+            "chunked_channels_last": dict(channels_last=True, chunk="auto"),
+            "default_chunked": dict(channels_last=False, chunk="auto"),
+            "compiled": dict(channels_last=False, chunk="auto", compile=True)}
 
 
 def _real(c: int, s: int, device: torch.device):
@@ -142,22 +150,24 @@ def _k_sets(x, y, stats, device, repeats, warmup) -> dict:
     return out
 
 
-def _net_epoch(c, s, ipc, device, channels_last, chunk):
-    """One epoch of DC's inner loop (``condense._dc._train_network``) on a synthetic set of ``ipc`` per class."""
+def _net_epoch(c, s, ipc, device, channels_last, chunk, compile=False):
+    """One epoch of DC's inner loop (``condense._dc._train_network``) on a synthetic set of ``ipc`` per class,
+    eager or through the compiled forward that ``dc(..., compile=True)`` uses."""
     net = models.ConvNet(in_channels=c, num_classes=CLASSES, im_size=s, width=WIDTH).to(device)
     xs = torch.randn(CLASSES * ipc, c, s, s, device=device)
     net = net.to(memory_format=torch.channels_last) if channels_last else net
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     ys = torch.arange(CLASSES, device=device).repeat_interleave(ipc)
     rows, gen = _chunk(chunk, device, "bench"), torch.Generator().manual_seed(0)
-    return lambda: _train_network(net, opt, xs, ys, 1, 256, None, gen, channels_last, rows)
+    forward = _compiled(_forward, compile)
+    return lambda: _train_network(net, opt, xs, ys, 1, 256, None, gen, channels_last, rows, forward)
 
 
 def _dc(x, y, stats, c, s, device, repeats, warmup, full, method="dc") -> dict:
     """DC's (or GUARD's, ``method="guard"``, timed once) outer iteration at ipc 10, extrapolated from its parts."""
     ipc, run = 10, getattr(condense, method)
     outer, inner = condense.DC_LOOPS[ipc]
-    modes = {m: MODES[m] for m in DC_MODES}
+    modes = dict(DC_MODES)
     if full and method == "dc":
         modes["channels_last_batch_classes"] = dict(channels_last=True, chunk=None, batch_classes=True)
     reps = repeats if method == "dc" else 1
@@ -166,13 +176,16 @@ def _dc(x, y, stats, c, s, device, repeats, warmup, full, method="dc") -> dict:
     for kw in modes.values():  # a small call of each path first, so no mode pays one-off set-up costs
         run(x, y, ipc, iterations=1, loops=(1, 0), batch_real=8, width=WIDTH, stats=stats, **kw)
     for mode, kw in modes.items():
-        t_match = best_seconds(lambda: run(x, y, ipc, iterations=1, loops=(1, 0),  # noqa: B023
-                                           batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **kw),
-                               device, reps, warmup)
-        t_epoch = best_seconds(_net_epoch(c, s, ipc, device, kw["channels_last"], kw["chunk"]), device, repeats,
-                               warmup)
+        match = lambda: run(x, y, ipc, iterations=1, loops=(1, 0), batch_real=REAL_PER_CLASS,  # noqa: E731,B023
+                            width=WIDTH, stats=stats, **kw)  # noqa: B023
+        epoch = _net_epoch(c, s, ipc, device, kw["channels_last"], kw["chunk"], kw.get("compile", False))
+        first = _timed_first(match) + _timed_first(epoch) if kw.get("compile") else None  # the compiles
+        t_match = best_seconds(match, device, reps, 0 if first is not None else warmup)
+        t_epoch = best_seconds(epoch, device, repeats, 0 if first is not None else warmup)
         entry[mode] = {"match_step_s": round(t_match, 3), "net_epoch_s": round(t_epoch, 4),
                        "seconds_per_iteration": round(outer * t_match + (outer - 1) * inner * t_epoch, 1)}
+        if first is not None:
+            entry[mode]["compile_seconds"] = round(max(first - t_match - t_epoch, 0.0), 1)
     base = entry["eager_channels_first"]["seconds_per_iteration"]
     for mode in modes:
         entry[mode]["ratio_to_eager"] = round(base / entry[mode]["seconds_per_iteration"], 2)
@@ -180,6 +193,9 @@ def _dc(x, y, stats, c, s, device, repeats, warmup, full, method="dc") -> dict:
 
 
 def run(device: torch.device, repeats: int = 5) -> dict:
+    import torch._inductor.config as inductor
+
+    inductor.force_disable_caches = True  # compile seconds are the one-off cost of a fresh machine, not a cache hit
     full = device.type != "cpu" or os.environ.get("POISONBOOK_BENCH_FULL", "0") == "1"
     warmup = 1 if full else 0  # quick CPU runs: DM warms up through the small cases before it (see _dc too)
     out: dict = {"full": full, "width": WIDTH, "classes": CLASSES, "real_per_class": REAL_PER_CLASS}

@@ -97,6 +97,28 @@ def test_compiled_dm_equals_the_plain_eager_loop(real):
     assert 0 < fast.compile_seconds <= fast.seconds
 
 
+@pytest.mark.skipif(os.environ.get("POISONBOOK_TEST_COMPILE") != "1",
+                    reason="torch.compile takes about a minute; set POISONBOOK_TEST_COMPILE=1")
+def test_compiled_dc_equals_eager_dc(real, monkeypatch):
+    from poisonbook.condense import _dc
+
+    x, y = real
+    kw = dict(iterations=2, loops=(2, 2), batch_real=8, batch_train=5, strategy=augment.STRATEGY_DIGITS, seed=3,
+              **NET)
+    eager = condense.dc(x, y, 3, **kw)
+    calls, original = [], _dc._compiled
+
+    def counted(fn, compile):  # count the calls of the compiled forward: the real and the training passes
+        out = original(fn, compile)
+        return (lambda network, a: calls.append(len(a)) or out(network, a)) if compile else out
+
+    monkeypatch.setattr(_dc, "_compiled", counted)
+    fast = condense.dc(x, y, 3, compile=True, **kw)
+    assert 8 in calls and 5 in calls  # a real batch of 8 and a training batch of 5 (9 synthetic images)
+    assert rel(fast.loss, eager.loss) < 1e-4 and rel(fast.x, eager.x) < 1e-4
+    assert 0 < fast.compile_seconds <= fast.seconds
+
+
 # --------------------------------------------------------------------------- item 2: several sets per real pass
 
 
@@ -214,8 +236,8 @@ def test_dc_with_batched_class_gradients_equals_the_loop(real):
     loop = condense.dc(x, y, 1, **kw)
     batched = condense.dc(x, y, 1, batch_classes=True, **kw)
     assert rel(batched.loss, loop.loss) < 1e-4 and rel(batched.x, loop.x) < 1e-4
-    plain = condense.dc(x, y, 1, channels_last=False, **kw)
-    assert rel(loop.x, plain.x) < 1e-4 and rel(loop.loss, plain.loss) < 1e-4
+    last = condense.dc(x, y, 1, channels_last=True, **kw)
+    assert rel(loop.x, last.x) < 1e-4 and rel(loop.loss, last.loss) < 1e-4
     # a batch-norm network keeps the loop: batch_classes changes nothing there
     def bn_factory():
         return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),

@@ -35,7 +35,8 @@ uninterrupted run. Tensors stay on the device of the real images ``x``.
 Speed. :func:`dm` embeds the real batch without autograd and in channels-last memory (optionally
 ``torch.compile``-d); on a CPU every large batch goes through the network in cache-sized pieces
 (``chunk``, :data:`CPU_CHUNK`); :func:`dm_multi` condenses several synthetic sets against one real pass
-(common random numbers); :func:`dc` can batch its per-class real gradients (``batch_classes``). Results equal
+(common random numbers); :func:`dc` can batch its per-class real gradients (``batch_classes``) and compile
+the passes that need only first derivatives (``compile``). Results equal
 the plain eager path up to float rounding (``tests/test_condense_fast.py``; timings in
 ``benchmarks/bench_condense.py``).
 

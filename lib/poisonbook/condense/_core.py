@@ -228,6 +228,27 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
 cross_entropy_loss.rowwise_mean = True
 
 
+def _forward(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return network(x)
+
+
+def _embed(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return network.embed(x)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn: Callable, compile: bool) -> Callable:
+    """``fn(network, x)`` eager, or one ``torch.compile`` of it per process (a fresh network of the same
+    architecture reuses the compiled code: its parameters are inputs of the graph)."""
+    if not compile:
+        return fn
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
+
+
 # --------------------------------------------------------------------------- results
 
 

@@ -13,9 +13,9 @@ from torch.nn import functional as F
 from .. import augment as aug
 from .. import checks
 from ..cache import Checkpoint
-from ._core import (DC_LOOPS, Condensed, _chunk, _default_factory, _distance, _end_iteration, _finish, _finite,
-                    _fingerprint, _fresh_net, _layout, _make_checkpoint, _mean_backward, _mean_grad, _net_layout,
-                    _per_sample, _progress, _seed_from, _setup, _start, callable_key, cross_entropy_loss)
+from ._core import (DC_LOOPS, Condensed, _chunk, _compiled, _default_factory, _distance, _end_iteration, _finish,
+                    _finite, _fingerprint, _forward, _fresh_net, _layout, _make_checkpoint, _mean_backward, _mean_grad,
+                    _net_layout, _per_sample, _progress, _seed_from, _setup, _start, callable_key, cross_entropy_loss)
 
 def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, lr_img: float = 0.1,
        momentum: float = 0.5, lr_net: float = 0.01, batch_real: int = 256, batch_train: int = 256,
@@ -25,8 +25,8 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
        num_classes: int | None = None, stats: tuple | None = None, seed: int = 0,
        checkpoint: Checkpoint | str | os.PathLike | None = None, checkpoint_every: int = 10,
        callback: Callable[[int, torch.Tensor, float], None] | None = None,
-       progress: bool = False, method: str = "dc", channels_last: bool = True,
-       batch_classes: bool = False, chunk: int | str | None = "auto") -> Condensed:
+       progress: bool = False, method: str = "dc", channels_last: bool = False,
+       batch_classes: bool = False, chunk: int | str | None = "auto", compile: bool = False) -> Condensed:
     """Gradient matching (Zhao, Mopuri & Bilen 2021, "Dataset Condensation with Gradient Matching", Alg. 1).
 
     For each of ``iterations`` network initialisations (the paper's outer loop, K = 1,000):
@@ -48,15 +48,23 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
     without batch norm (the ConvNet's instance norm is per sample); other cases keep the loop. It pays
     where many small kernels cost more than their arithmetic (a GPU); on a CPU the loop over classes, in
     cache-sized pieces (``chunk``), is faster, and ``vmap``'s grouped convolutions are slower
-    (``benchmarks/bench_condense.py``), so it is off by default (it takes whole batches). ``channels_last`` (default): the network
-    and images in channels-last memory (same results up to float rounding, faster convolutions).
+    (``benchmarks/bench_condense.py``), so it is off by default (it takes whole batches). ``channels_last``:
+    the network and images in channels-last memory (same results up to float rounding). Off by default, unlike
+    :func:`dm`: every pass of DC needs gradients, and on a CPU PyTorch's group-norm backward in channels-last
+    memory took 5.5 ms where channels-first took 1.3 ms (16 x 128 x 32 x 32), more than the faster forward
+    convolutions gain; DC's and GUARD's iterations were faster channels-first (``benchmarks/bench_condense.py``).
     ``chunk``: every mean loss over a batch (the real loss of a class, the synthetic loss, a training
     batch) is differentiated in pieces of this many images, ``sum_k (n_k / n) grad loss(piece_k)``, so that
     each piece's feature maps stay in the CPU's cache (``"auto"``: ``condense.CPU_CHUNK`` = 16 on a CPU,
     whole batches on a GPU; None: whole batches). The gradients are the same up to float rounding for a
     per-sample network and a ``real_loss`` that is a mean of per-image terms (``real_loss.rowwise_mean``:
     the cross-entropy and GUARD's :class:`CurvatureLoss`); other losses and batch-norm networks keep whole
-    batches.
+    batches. ``compile=True`` runs the network's forward pass through ``torch.compile`` (fused kernels for
+    the forward and backward) where only first derivatives are taken: the inner loop's training batches and,
+    with the default cross-entropy ``real_loss``, the real gradients. The synthetic gradient needs a second
+    derivative (``create_graph``), which compiled graphs do not support, so it stays eager, as does any other
+    ``real_loss``. The one-off compilation falls in the first iteration (``Condensed.compile_seconds`` is its
+    time, part of ``seconds``); it pays in long runs (``benchmarks/bench_condense.py``).
 
     ``strategy``: None for DC; a DSA strategy makes it DSA (:func:`dsa`): one transform per
     class (``per_group_op=True``) applied to the real and the synthetic batch of the class.
@@ -102,6 +110,7 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
                                                                   seed, lr_img, momentum, ckpt, cl)
     y_real = torch.arange(classes, device=device).repeat_interleave(batch_real)
     y_syn = torch.arange(classes, device=device).repeat_interleave(ipc)
+    fwd, compile_seconds = _compiled(_forward, bool(compile)), 0.0
 
     for it in _progress(range(start, iterations), progress, iterations, method.upper()):
         t0 = time.perf_counter()
@@ -112,6 +121,13 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
         batched = batch_classes and real_loss is cross_entropy_loss and per_sample
         rows = chunk if per_sample else None  # batch norm: a piece's statistics would differ
         opt_net = torch.optim.SGD(network.parameters(), lr=lr_net)
+
+        def ce(a, b, forward=_forward):  # the synthetic loss stays eager: it is differentiated twice
+            return F.cross_entropy(forward(network, a), b)
+
+        def real(a, b):  # the default loss through the (compiled) forward
+            return ce(a, b, fwd) if real_loss is cross_entropy_loss else real_loss(network, a, b)
+
         total = 0.0
         for ol in range(outer_loop):
             idx = sampler.indices(batch_real, gen).view(classes, batch_real)
@@ -131,10 +147,8 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
                     xr = real_std(idx[c])
                     xr = _layout(aug.apply(xr, d, c), cl) if d is not None else xr
                     yr = torch.full((len(xr),), c, device=device, dtype=torch.long)
-                    g_real = [g.detach() for g in _mean_grad(lambda a, b: real_loss(network, a, b), xr, yr,
-                                                             matched, rows if rowwise else None)]
-                g_syn = _mean_grad(lambda a, b: F.cross_entropy(network(a), b), xs, y_syn[c * ipc:(c + 1) * ipc],
-                                   matched, rows, create_graph=True)
+                    g_real = [g.detach() for g in _mean_grad(real, xr, yr, matched, rows if rowwise else None)]
+                g_syn = _mean_grad(ce, xs, y_syn[c * ipc:(c + 1) * ipc], matched, rows, create_graph=True)
                 term = _distance(g_syn, g_real)
                 loss = term if loss is None else loss + term
             opt_img.zero_grad(set_to_none=True)
@@ -144,18 +158,22 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
             if ol == outer_loop - 1:
                 break
             _train_network(network, opt_net, syn.detach().clone(), y_syn, inner_loop, batch_train, strategy, gen,
-                           cl, rows)
+                           cl, rows, fwd)
         history.append(total / outer_loop)
+        if it == start and compile:
+            compile_seconds = time.perf_counter() - t0  # every compile happens in the first iteration
         seconds += time.perf_counter() - t0
         _end_iteration(ckpt, it, iterations, syn, opt_img, gen, history, seconds, callback)
-    return _finish(syn, y_syn, method, ipc, history, seconds, mean, std, config)
+    return _finish(syn, y_syn, method, ipc, history, seconds, mean, std, config, compile_seconds)
 
 
 def _train_network(network: nn.Module, opt: torch.optim.Optimizer, xs: torch.Tensor, ys: torch.Tensor, epochs: int,
-                   batch: int, strategy: str | None, gen: torch.Generator, cl: bool, rows: int | None) -> None:
+                   batch: int, strategy: str | None, gen: torch.Generator, cl: bool, rows: int | None,
+                   forward: Callable = _forward) -> None:
     """DC's inner loop: ``epochs`` epochs of SGD on the (detached) synthetic set in shuffled batches of ``batch``,
     each batch DSA-augmented (non-Siamese) when there is a ``strategy``; each batch's mean cross-entropy is
-    differentiated in pieces of ``rows`` images (:func:`~poisonbook.condense._core._mean_backward`)."""
+    differentiated in pieces of ``rows`` images (:func:`~poisonbook.condense._core._mean_backward`);
+    ``forward(network, x)``: the network's forward pass (eager or compiled)."""
     for _ in range(epochs):
         order = torch.randperm(len(xs), generator=gen).to(xs.device)
         for i in range(0, len(order), batch):
@@ -164,7 +182,7 @@ def _train_network(network: nn.Module, opt: torch.optim.Optimizer, xs: torch.Ten
             if strategy:
                 xb = _layout(aug.augment(xb, strategy, gen), cl)
             opt.zero_grad(set_to_none=True)
-            _mean_backward(lambda a, t: F.cross_entropy(network(a), t), xb, ys[b], rows)
+            _mean_backward(lambda a, t: F.cross_entropy(forward(network, a), t), xb, ys[b], rows)
             opt.step()
 
 

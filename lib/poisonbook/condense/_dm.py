@@ -13,9 +13,9 @@ from torch import nn
 from .. import augment as aug
 from .. import checks
 from ..cache import Checkpoint
-from ._core import (Condensed, Estimator, _chunk, _default_factory, _embed_pieces, _finish, _finite, _fingerprint,
-                    _fresh_net, _init_images, _layout, _make_checkpoint, _match, _net_layout, _per_sample,
-                    _progress, _seed_from, _setup, callable_key, estimate_real, feature_mean)
+from ._core import (Condensed, Estimator, _chunk, _compiled, _default_factory, _embed, _embed_pieces, _finish,
+                    _finite, _fingerprint, _fresh_net, _init_images, _layout, _make_checkpoint, _match, _net_layout,
+                    _per_sample, _progress, _seed_from, _setup, callable_key, estimate_real, feature_mean)
 
 def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, lr: float = 1.0,
        momentum: float = 0.5, batch_real: int = 256, init: str = "real",
@@ -170,23 +170,6 @@ _RUN_DEFAULTS = dict(iterations=20_000, lr=1.0, momentum=0.5, batch_real=256, in
                      checkpoint_every=100, progress=False, channels_last=True, compile=False, chunk="auto")
 
 
-def _embed(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return network.embed(x)
-
-
-_COMPILED: dict = {}
-
-
-def _embedder(compile: bool):
-    """``f(network, x) -> features``: eager, or one ``torch.compile`` of it per process (a fresh network of
-    the same architecture reuses the compiled code: its parameters are inputs of the graph)."""
-    if not compile:
-        return _embed
-    if "embed" not in _COMPILED:
-        _COMPILED["embed"] = torch.compile(_embed, dynamic=False)
-    return _COMPILED["embed"]
-
-
 def _run(x, y, ipc, variants: list[DMVariant], where: str, method: str, o: dict) -> list[Condensed]:
     """The DM loop for one or several synthetic sets sharing every random draw (see :func:`dm_multi`)."""
     x = checks.images(x, "x", domain=None, where=where)  # float64 -> float32, the networks' dtype
@@ -244,7 +227,7 @@ def _run(x, y, ipc, variants: list[DMVariant], where: str, method: str, o: dict)
 
     y_real = torch.arange(classes, device=device).repeat_interleave(batch_real)
     y_syn = torch.arange(classes, device=device).repeat_interleave(ipc)
-    embed, compile_seconds, checked = _embedder(bool(o["compile"])), 0.0, False
+    embed, compile_seconds, checked = _compiled(_embed, bool(o["compile"])), 0.0, False
     for it in _progress(range(start, iterations), o["progress"], iterations, "DM"):
         t0 = time.perf_counter()
         network = _fresh_net(factory, _seed_from(gen), device)
