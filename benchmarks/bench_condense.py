@@ -24,6 +24,8 @@ counts).
 * The limit: GFLOPS of the real forward pass (2,560 images, the convolutions' multiply-adds x 2) for
   each layout, whole and in pieces, against a 2048^3 fp32 GEMM and a bf16 GEMM measured in the same run,
   and the bf16 real forward (channels-last, autocast) with its relative error on the features.
+* The group-norm kernel: forward and input backward of the ConvNet's instance norm on a piece of 16 images
+  (128 x 32 x 32) in each memory layout (why DC defaults to channels-first).
 * Per-call setup: ``condense.dm(..., iterations=0)`` (input checks, fingerprint, sampler, stats).
 """
 
@@ -108,6 +110,23 @@ def _limit(c, s, device, repeats) -> dict:
     out["forward_pieces_fraction_of_gemm"] = round(out[f"forward_channels_last_pieces_of_{k}"]["gflops"] / gemm, 3)
     out["mkldnn"] = {"available": torch.backends.mkldnn.is_available(), "enabled": torch.backends.mkldnn.enabled,
                      "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    out["group_norm_fwd_bwd_ms"] = _group_norm(device, repeats)
+    return out
+
+
+def _group_norm(device, repeats) -> dict:
+    """The ConvNet's instance norm (GroupNorm(128, 128)) forward and input backward on one piece of 16 images at
+    32x32, per memory layout: the kernel behind DC's channels-first default (``condense.dc``)."""
+    g = torch.Generator().manual_seed(0)
+    norm = torch.nn.GroupNorm(WIDTH, WIDTH).to(device).requires_grad_(False)
+    out = {}
+    for layout in ("channels_first", "channels_last"):
+        x = torch.randn(condense.CPU_CHUNK, WIDTH, 32, 32, generator=g).to(device)
+        x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+        x.requires_grad_(True)
+        dy = torch.randn_like(x)
+        t = best_seconds(lambda: torch.autograd.grad(norm(x), x, dy), device, repeats)  # noqa: B023
+        out[layout] = round(t * 1e3, 3)
     return out
 
 
