@@ -17,9 +17,9 @@ counts).
   (``outer * t_match + (outer - 1) * inner * t_epoch``; ``t_match`` one image update of all classes,
   ``condense.dc`` / ``condense.guard`` with ``loops=(1, 0)``; ``t_epoch`` one network epoch on the
   synthetic set, DC's own inner loop), at 28x28x1. DC's default is channels-first in pieces (every pass
-  needs gradients, see ``condense.dc``), so its modes add channels-last in pieces; and compiled (``dc(..., compile=True)``: the
-  real gradients and the training batches through ``torch.compile``, the synthetic gradient eager; the
-  compile seconds separately). GUARD's match step is timed once (best of 1).
+  needs gradients, see ``condense.dc``), so its modes add channels-last in pieces, and a compiled mode
+  (``dc(..., compile=True)``: the real gradients and the training batches through ``torch.compile``, the
+  synthetic gradient eager; the compile seconds separately). GUARD's match step is timed once (best of 1).
   ``POISONBOOK_BENCH_FULL=1`` adds 32x32x3 and DC's ``batch_classes``.
 * The limit: GFLOPS of the real forward pass (2,560 images, the convolutions' multiply-adds x 2) for
   each layout, whole and in pieces, against a 2048^3 fp32 GEMM and a bf16 GEMM measured in the same run,
@@ -196,7 +196,7 @@ def _dc(x, y, stats, c, s, device, repeats, warmup, full, method="dc") -> dict:
         run(x, y, ipc, iterations=1, loops=(1, 0), batch_real=8, width=WIDTH, stats=stats, **kw)
     for mode, kw in modes.items():
         match = lambda: run(x, y, ipc, iterations=1, loops=(1, 0), batch_real=REAL_PER_CLASS,  # noqa: E731,B023
-                            width=WIDTH, stats=stats, **kw)  # noqa: B023
+                            width=WIDTH, stats=stats, **kw)
         epoch = _net_epoch(c, s, ipc, device, kw["channels_last"], kw["chunk"], kw.get("compile", False))
         first = _timed_first(match) + _timed_first(epoch) if kw.get("compile") else None  # the compiles
         t_match = best_seconds(match, device, reps, 0 if first is not None else warmup)
