@@ -61,6 +61,18 @@ def test_median_and_trimmed_equal_naive_loops(n):
             assert np.allclose(estimators.trimmed_mean(k)(f)[c].numpy(), naive_trimmed(fc, k), atol=1e-6)
 
 
+def test_median_and_trimmed_keep_float32_precision_next_to_huge_outliers():
+    """float32 features as DM gives them (ReLU zeros: ties at 0) with poisons 1e7 away: the trimmed mean must
+    not be a difference of sums that hold the outliers (their rounding, ~1 here, would swamp the clean mean)."""
+    g = torch.Generator().manual_seed(3)
+    f = torch.relu(torch.randn(3, 64, 50, generator=g))
+    f[:, :5] += 1e7  # 5 far rows per class; k = 12 drops 6 from each end
+    for c in range(3):
+        fc = f[c].double().numpy()
+        assert np.allclose(estimators.median(f)[c].numpy(), naive_median(fc), rtol=1e-6, atol=1e-6)
+        assert np.allclose(estimators.trimmed_mean(12)(f)[c].numpy(), naive_trimmed(fc, 12), rtol=1e-5, atol=1e-6)
+
+
 def test_truncated_equals_naive_loop_and_removes_far_points():
     f = _features()
     for k in (0, 2, 3, 6):

@@ -136,8 +136,13 @@ class Median(Estimator):
 
     def estimate(self, features, generator=None):
         rows = _per_coordinate(_features(features, self.name))
-        # torch.median is the lower middle value; the upper one is minus the lower middle of -x (2x faster than a sort)
-        return Estimate((rows.median(dim=-1).values - (-rows).median(dim=-1).values) / 2)
+        n = rows.shape[-1]
+        # The n // 2 + 1 smallest values of a row (a selection, not a sort: 24 ms against 62 ms for two
+        # torch.median calls at 10 x 2,048 x 256) hold both middle values, as their largest and, for even n,
+        # their second largest.
+        low = rows.topk(n // 2 + 1, dim=-1, largest=False, sorted=False).values
+        top = low.topk(min(2, n // 2 + 1), dim=-1).values
+        return Estimate(top[..., 0] if n % 2 else top.mean(dim=-1))
 
 
 class _Dropping(Estimator):
@@ -187,8 +192,24 @@ class TrimmedMean(_Dropping):
 
     def estimate(self, features, generator=None):
         f = _features(features, self.name)
-        h = math.ceil(self.check_n(f.shape[1]) / 2)
-        return Estimate(_per_coordinate(f).sort(dim=-1).values[..., h:f.shape[1] - h].mean(dim=-1))
+        n = f.shape[1]
+        h = math.ceil(self.check_n(n) / 2)
+        if h == 0:
+            return Estimate(f.mean(dim=1))
+        return Estimate(_trimmed(_per_coordinate(f), h))
+
+
+def _trimmed(rows: torch.Tensor, h: int) -> torch.Tensor:
+    """Mean of ``sorted(row)[h:n - h]`` for each row of ``rows`` (..., n), without sorting.
+
+    Two selections give ``lo = sorted[h - 1]`` and ``hi = sorted[n - h]``. Clamping a row to ``[lo, hi]``
+    turns its h smallest values into ``lo`` and its h largest into ``hi`` and leaves the kept ones, ties
+    included, so the kept sum is ``sum(clamp(row, lo, hi)) - h (lo + hi)``: no sum ever holds a dropped
+    outlier. 42 ms against 63 ms for a sort at 10 x 2,048 x 256 (2 threads)."""
+    n = rows.shape[-1]
+    lo = rows.topk(h, dim=-1, largest=False, sorted=False).values.amax(dim=-1, keepdim=True)
+    hi = rows.topk(h, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    return ((rows.clamp(lo, hi).sum(-1, keepdim=True) - h * (lo + hi)) / (n - 2 * h)).squeeze(-1)
 
 
 def _mean_without(f: torch.Tensor, scores: torch.Tensor, k: int) -> Estimate:
@@ -198,8 +219,8 @@ def _mean_without(f: torch.Tensor, scores: torch.Tensor, k: int) -> Estimate:
     order = scores.sort(dim=1, descending=True, stable=True).indices
     dropped = order[:, :k]
     keep = torch.ones_like(scores, dtype=torch.bool).scatter_(1, dropped, False)
-    w = keep.to(f.dtype).unsqueeze(-1)
-    return Estimate((f * w).sum(dim=1) / w.sum(dim=1), dropped)
+    w = keep.to(f.dtype).unsqueeze(1)  # (C, 1, n): one batched product, not an (n, d) temporary per class
+    return Estimate(torch.bmm(w, f).squeeze(1) / w.sum(dim=-1), dropped)
 
 
 class TruncatedMean(_Dropping):
