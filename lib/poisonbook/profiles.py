@@ -166,11 +166,12 @@ EXPERIMENTS.update({
 # `plan`: per dataset, the images per class and the iterations of each method at each ipc (an ipc missing from a
 # method's dict is not run; DSA uses dc's). `random` is the same-size random real subset. Eval protocol of the
 # papers: SGD lr 0.01, momentum 0.9, wd 5e-4, lr x0.1 at half the epochs, batch 256; DC 300 epochs without
-# augmentation, DSA/DM (and here the random subset) 1,000 with DSA augmentation. cpu sizes were chosen from timings
-# of short runs on the 2 shared CPU cores at width 32 with one torch thread (s/iteration on Fashion-MNIST, another
-# job on the other core: DM 1.6, DC/DSA 2.8 at ipc 1 and about 90 at ipc 10; one evaluation network at ipc 10
-# 0.12 s/epoch; width 128 was 5-20x slower), to stay well under 60 minutes. DC at ipc 10 rose from 2 to 5
-# iterations when the condense package made DC's outer iteration 1.78x faster (benchmarks/results/condense.cpu.json).
+# augmentation, DSA/DM (and here the random subset) 1,000 with DSA augmentation. cpu sizes from one-thread timings
+# on the shared 2-core machine after the condense package's speed-ups (Fashion-MNIST, width 32, s/iteration: DM 0.44
+# at ipc 1 and 0.48 at ipc 10, DSA 1.4 at ipc 1, a DC/DSA outer iteration at ipc 10 about 19; one evaluation epoch
+# 0.04 s at ipc 1, 0.1 s at ipc 10; width 128 is 5-14x slower, so it does not fit next to DC at ipc 10): DM 500
+# iterations, DC/DSA 80 at ipc 1 and 8 at ipc 10 (150, 40 and 5 before), MNIST-5k DM 200 and DC 40 (60 and 20):
+# about 25 + 8 minutes.
 # `threads`: torch threads on CPU (two threads on a shared 2-core machine were 1.4-4x slower than one; None keeps
 # torch's default). `dm_curve`: DM's images after these iteration counts are evaluated too (`curve_models` networks
 # each), for accuracy against iterations; the counts avoid multiples of DM's checkpoint interval (25).
@@ -185,11 +186,11 @@ EXPERIMENTS.update({
                    width=32, depth=2, batch_real=64, test_size=None, eval_models=2, eval_epochs_dc=100,
                    eval_epochs_dsa=100, dm_curve=[20], curve_models=1, checkpoint=False, threads=1),
         "cpu": dict(plan=[dict(dataset="fashion-mnist", ipcs=[1, 10], methods=_C10_ALL,
-                               iterations={"dm": {1: 150, 10: 150}, "dc": {1: 40, 10: 5}}),
+                               iterations={"dm": {1: 500, 10: 500}, "dc": {1: 80, 10: 8}}),
                           dict(dataset="mnist5k", ipcs=[1, 10], methods=_C10_ALL,
-                               iterations={"dm": {1: 60, 10: 60}, "dc": {1: 20}})],
+                               iterations={"dm": {1: 200, 10: 200}, "dc": {1: 40}})],
                     width=32, depth=3, batch_real=256, test_size=2000, eval_models=3, eval_epochs_dc=200,
-                    eval_epochs_dsa=200, dm_curve=[10, 40, 90], curve_models=2, checkpoint=True, threads=1),
+                    eval_epochs_dsa=200, dm_curve=[10, 90, 240], curve_models=2, checkpoint=True, threads=1),
         "paper": dict(plan=[dict(dataset=d, ipcs=[1, 10, 50], methods=_C10_ALL,
                                  iterations={"dm": {1: 20_000, 10: 20_000, 50: 20_000},
                                              "dc": {1: 1_000, 10: 1_000, 50: 1_000}})
@@ -349,12 +350,12 @@ _check_registry()
 # N(delta, I); `alpha` the boundary of Sec. 4.3's remark, `alpha_cal` the Lemma 4.1 distance for the calibrated mean.
 # Real features: one class (`source_class`), poisons = its own images moved by l_inf PGD towards the feature mean of
 # `target_class` under one fresh ConvNet; fractions are of the class (Sec. 4.3). Clean utility: eps is the class
-# fraction of Table 2's attack (1% of a 10-class dataset, all in one class = 10%). cpu sized from timed pieces on the
-# shared 2-core machine (one thread, other jobs running): DM at ipc 10, width 32, batch 256: 3.6-3.7 s/iteration with
-# the mean or the calibrated mean; evaluation 0.77 s/epoch. The five sets are condensed together (`dm_multi`, about
-# 1.6x one set per iteration: benchmarks/results/condense.cpu.json), so 60 iterations (20 when they ran one by one)
-# cost 60 x 1.6 x 3.7 + 5 x 3 x 20 x 0.77 ~ 10 min, plus the mixtures (~70 s at reps 4; 143 s measured at reps 8)
-# and the real features (145 s measured): ~14 min in all.
+# fraction of Table 2's attack (1% of a 10-class dataset, all in one class = 10%). cpu sized from one-thread timings
+# on the shared 2-core machine after the condense package's speed-ups: DM at ipc 10, batch 256, width 128: 2.9
+# s/iteration for one set; the five sets are condensed together (`dm_multi`, about 1.6x one set per iteration:
+# benchmarks/results/condense.cpu.json); one evaluation epoch at width 128 about 0.6 s. So width 128 (the paper's)
+# and 200 iterations (width 32 and 60 before; 20 when the sets ran one by one) cost 200 x 1.6 x 2.9 + 5 x 3 x 20 x
+# 0.6 ~ 17 min, plus the mixtures (~70 s at reps 4) and the real features (145 s measured): ~21 min in all.
 _RDM_EPS = [0.01, 0.02, 0.04, 0.08]
 EXPERIMENTS.update({
     "robust-dm-mixture": {
@@ -375,8 +376,8 @@ EXPERIMENTS.update({
         "common": dict(eps=0.1, lr=1.0, momentum=0.5, power_iterations=50),
         "ci": dict(dataset="digits", train_size=None, test_size=None, ipc=2, iterations=5, batch_real=64,
                    width=16, depth=2, eval_models=2, eval_epochs=20, threads=1),
-        "cpu": dict(dataset="fashion-mnist", train_size=10000, test_size=2000, ipc=10, iterations=60,
-                    batch_real=256, width=32, depth=3, eval_models=3, eval_epochs=20, threads=1),
+        "cpu": dict(dataset="fashion-mnist", train_size=10000, test_size=2000, ipc=10, iterations=200,
+                    batch_real=256, width=128, depth=3, eval_models=3, eval_epochs=20, threads=1),
         "paper": dict(dataset="cifar10", train_size=None, test_size=None, ipc=50, iterations=20_000,
                       batch_real=256, width=128, depth=3, eval_models=20, eval_epochs=1000, threads=None),
     },
@@ -385,14 +386,14 @@ EXPERIMENTS.update({
 # Chapter 21, "Targeted poisoning of dataset condensation" (Zheng & Li 2023, RDM-DC, papers/000, Sec. 3, 5, Tables
 # 1-5). Poisons replace rate x N training images of class y_adv (1%, so eps = 10% of that class, as in the paper);
 # DM condenses from noise (Sec. 5.1); the estimators' eps is that class fraction (Sec. 4.3). Departures from the
-# paper in cpu: a 2,000-image Fashion-MNIST subset, ipc 10 (paper 50), 30 DM iterations (paper 20,000), ConvNet
+# paper in cpu: a 2,000-image Fashion-MNIST subset, ipc 10 (paper 50), 200 DM iterations (paper 20,000), ConvNet
 # width 16 (paper 128), one evaluation network of 30 epochs per synthetic set (DM's protocol: 1,000), 3 targets x 2
 # runs (paper 5 x 5), Witches' Brew with 4 pretrained members (paper 16; epochs 2, 3, 4, 6) and 2 restarts x 30 steps
 # (reference 8 x 250), DM poisoning 2 x 100 (the paper gives no count; Algorithm 1's 8 x 250 in the paper profile).
-# cpu sized from a partial timing on the shared, loaded 2-core machine (one thread): ensemble pretraining 97 s for 20
-# epochs on 2,000 images; Witches' Brew 0.65 s/step (4 members, P = 20); DM poisoning 0.09 s/step; one condensation
-# + evaluation 39 s at 60 iterations / 50 epochs (~0.5 s/iteration + ~0.15 s/epoch). So 72 condensations x
-# (30 x 0.5 + 30 x 0.15) ~ 1,400 s, crafting 6 x 39 + 6 x 18 ~ 340 s, the two ensembles ~ 120 s: ~31 min in all.
+# cpu sized from one-thread timings on the shared 2-core machine: the whole protocol took 215 s at 30 iterations
+# (record of 8280a15), and one DM iteration at these shapes (batch 32 per class, ipc 10, from noise) 0.08 s at width
+# 16 and 0.15 s at width 32. The 36 condensation calls (one to two sets each) at 200 iterations add about 36 x 170 x
+# 0.1 ~ 10 min: ~14 min in all (width 32 would double the condensations' share).
 EXPERIMENTS.update({
     "targeted-protocol": {
         "common": dict(rate=0.01, eps_list=[64 / 255, 128 / 255], lr=1.0, momentum=0.5, power_iterations=50,
@@ -401,7 +402,7 @@ EXPERIMENTS.update({
                    batch_real=32, width=16, depth=2, eval_models=1, eval_epochs=20, ensemble=2, ensemble_epochs=2,
                    gm_steps=8, gm_restarts=1, dm_steps=8, dm_restarts=1, select_nets=2, fresh_nets=4, threads=1),
         "cpu": dict(dataset="fashion-mnist", train_size=2000, test_size=1000, targets=[0, 1, 2], runs=2, ipc=10,
-                    iterations=30, batch_real=32, width=16, depth=3, eval_models=1, eval_epochs=30, ensemble=4,
+                    iterations=200, batch_real=32, width=16, depth=3, eval_models=1, eval_epochs=30, ensemble=4,
                     ensemble_epochs=6, gm_steps=30, gm_restarts=2, dm_steps=100, dm_restarts=2, select_nets=4,
                     fresh_nets=8, threads=1),
         "paper": dict(dataset="cifar10", train_size=None, test_size=None, targets=[0, 1, 2, 3, 4], runs=5, ipc=50,
