@@ -355,7 +355,7 @@ _check_registry()
 # s/iteration for one set; the five sets are condensed together (`dm_multi`, about 1.6x one set per iteration:
 # benchmarks/results/condense.cpu.json); one evaluation epoch at width 128 about 0.6 s. So width 128 (the paper's)
 # and 200 iterations (width 32 and 60 before; 20 when the sets ran one by one) cost 200 x 1.6 x 2.9 + 5 x 3 x 20 x
-# 0.6 ~ 17 min, plus the mixtures (~70 s at reps 4) and the real features (145 s measured): ~21 min in all.
+# 0.6 ~ 17 min, plus the mixtures and the real features (14 s and 24 s in the records of 8280a15): ~18 min.
 _RDM_EPS = [0.01, 0.02, 0.04, 0.08]
 EXPERIMENTS.update({
     "robust-dm-mixture": {
