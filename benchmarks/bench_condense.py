@@ -5,9 +5,12 @@ depend on the pixel values). Every case is timed for the plain eager channels-fi
 (``channels_last=False, chunk=None``: the code before issue 11 up to the inference-mode real pass),
 channels-last with whole batches (``chunk=None``), the default (channels-last, batches in cache-sized
 pieces of ``condense.CPU_CHUNK`` images on a CPU) and, for DM, ``torch.compile``-d on top of the default
-(``compile=True``; its one-off compile seconds separately). Ratios are to the eager channels-first time
-**measured in the same run** (the machine may be shared; absolute seconds drift, same-run ratios are what
-counts).
+(``compile=True``; its one-off compile seconds separately). The modes are timed **in turn, round by round**
+(``repeats`` rounds, ``timing.interleaved_seconds``): this machine is shared, and its load moves the whole-batch
+eager paths (memory-bound) by up to 1.6x within minutes, so a ratio of two best-of-k times taken minutes apart
+mixes two loads. Each case reports the best seconds, ``ratio_to_eager`` (the ratio of the best times) and
+``ratio_to_eager_per_round`` (median, smallest and largest of the ratios within one round, same load). Absolute
+seconds drift; same-run ratios are what counts.
 
 * DM: ``condense.dm(..., iterations=1)`` with DSA at ipc 10 and 50, 28x28x1 and 32x32x3.
 * K sets: ``condense.dm_multi`` with K = 5 estimators (mean, median, trimmed, truncated, calibrated)
@@ -19,18 +22,23 @@ counts).
   synthetic set, DC's own inner loop), at 28x28x1. DC's default is channels-first in pieces (every pass
   needs gradients, see ``condense.dc``), so its modes add channels-last in pieces, and a compiled mode
   (``dc(..., compile=True)``: the real gradients and the training batches through ``torch.compile``, the
-  synthetic gradient eager; the compile seconds separately). GUARD's match step is timed once (best of 1).
+  synthetic gradient eager; the compile seconds separately). Each round times a mode's match step once and
+  its epoch as the best of 3 calls. GUARD's match step is timed in one round.
   ``POISONBOOK_BENCH_FULL=1`` adds 32x32x3 and DC's ``batch_classes``.
 * The limit: GFLOPS of the real forward pass (2,560 images, the convolutions' multiply-adds x 2) for
-  each layout, whole and in pieces, against a 2048^3 fp32 GEMM and a bf16 GEMM measured in the same run,
-  and the bf16 real forward (channels-last, autocast) with its relative error on the features.
+  each layout, whole and in pieces, eager and compiled, against a 2048^3 fp32 GEMM and a bf16 GEMM measured in
+  the same run, and the bf16 real forward (autocast: channels-last, channels-first, compiled channels-last in
+  pieces) with its relative error on the features.
 * The group-norm kernel: forward and input backward of the ConvNet's instance norm on a piece of 16 images
-  (128 x 32 x 32) in each memory layout (why DC defaults to channels-first).
+  (128 x 32 x 32) in each memory layout (why DC defaults to channels-first), and its forward on a bf16 input
+  under autocast (why the eager bf16 pass is slow in channels-last: autocast runs group norm in fp32, and
+  that kernel is slow on a channels-last bf16 input; compiled, the norm is inductor's own kernel).
 * Per-call setup: ``condense.dm(..., iterations=0)`` (input checks, fingerprint, sampler, stats).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -39,7 +47,7 @@ import torch
 from poisonbook import condense, estimators, models
 from poisonbook.condense._core import _chunk, _compiled, _forward
 from poisonbook.condense._dc import _train_network
-from timing import best_seconds, sync
+from timing import best_seconds, interleaved_seconds, ratio_spread, sync
 
 CLASSES, REAL_PER_CLASS, WIDTH = 10, 256, 128
 MODES = {"eager_channels_first": dict(channels_last=False, chunk=None),
@@ -94,38 +102,54 @@ def _limit(c, s, device, repeats) -> dict:
         ref = net.embed(x)
         t = best_seconds(lambda: net.embed(x), device, repeats)
         out["forward_eager_channels_first"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1)}
-        netc, xc = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        netc = copy.deepcopy(net).to(memory_format=torch.channels_last)  # .to() is in place: keep net as it is
+        xc = x.contiguous(memory_format=torch.channels_last)
         t = best_seconds(lambda: netc.embed(xc), device, repeats)
         out["forward_channels_last"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1)}
         k = condense.CPU_CHUNK
         t = best_seconds(lambda: torch.cat([netc.embed(xc[i:i + k]) for i in range(0, len(xc), k)]), device,
                          repeats)
         out[f"forward_channels_last_pieces_of_{k}"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1)}
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            err = float((netc.embed(xc).float() - ref).abs().max() / ref.abs().max())
-            t = best_seconds(lambda: netc.embed(xc), device, repeats)
-        out["forward_bf16_autocast_channels_last"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1),
-                                                      "max_rel_error": round(err, 5)}
+        compiled = torch.compile(lambda a: netc.embed(a), dynamic=False)  # its own: autocast recompiles it
+        t = best_seconds(lambda: torch.cat([compiled(xc[i:i + k]) for i in range(0, len(xc), k)]), device, repeats)
+        out[f"forward_compiled_channels_last_pieces_of_{k}"] = {"seconds": round(t, 3),
+                                                               "gflops": round(flops / t / 1e9, 1)}
+        bf16 = {"channels_last": lambda: netc.embed(xc), "channels_first": lambda: net.embed(x),
+                f"compiled_channels_last_pieces_of_{k}":
+                    lambda: torch.cat([compiled(xc[i:i + k]) for i in range(0, len(xc), k)])}
+        for name, fn in bf16.items():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                err = float((fn().float() - ref).abs().max() / ref.abs().max())
+                t = best_seconds(fn, device, repeats)
+            out[f"forward_bf16_autocast_{name}"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1),
+                                                    "max_rel_error": round(err, 5)}
     out["forward_fraction_of_gemm"] = round(out["forward_channels_last"]["gflops"] / gemm, 3)
     out["forward_pieces_fraction_of_gemm"] = round(out[f"forward_channels_last_pieces_of_{k}"]["gflops"] / gemm, 3)
     out["mkldnn"] = {"available": torch.backends.mkldnn.is_available(), "enabled": torch.backends.mkldnn.enabled,
                      "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     out["group_norm_fwd_bwd_ms"] = _group_norm(device, repeats)
+    out["group_norm_bf16_autocast_forward_ms"] = _group_norm(device, repeats, bf16=True)
     return out
 
 
-def _group_norm(device, repeats) -> dict:
+def _group_norm(device, repeats, bf16=False) -> dict:
     """The ConvNet's instance norm (GroupNorm(128, 128)) forward and input backward on one piece of 16 images at
-    32x32, per memory layout: the kernel behind DC's channels-first default (``condense.dc``)."""
+    32x32, per memory layout: the kernel behind DC's channels-first default (``condense.dc``). ``bf16``: the forward
+    alone on a bf16 input under autocast (which runs group norm in fp32), as in the bf16 real pass."""
     g = torch.Generator().manual_seed(0)
     norm = torch.nn.GroupNorm(WIDTH, WIDTH).to(device).requires_grad_(False)
     out = {}
     for layout in ("channels_first", "channels_last"):
         x = torch.randn(condense.CPU_CHUNK, WIDTH, 32, 32, generator=g).to(device)
         x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
-        x.requires_grad_(True)
-        dy = torch.randn_like(x)
-        t = best_seconds(lambda: torch.autograd.grad(norm(x), x, dy), device, repeats)  # noqa: B023
+        if bf16:
+            xb = x.bfloat16()
+            with torch.autocast(device.type, dtype=torch.bfloat16), torch.inference_mode():
+                t = best_seconds(lambda: norm(xb), device, repeats)  # noqa: B023
+        else:
+            x.requires_grad_(True)
+            dy = torch.randn_like(x)
+            t = best_seconds(lambda: torch.autograd.grad(norm(x), x, dy), device, repeats)  # noqa: B023
         out[layout] = round(t * 1e3, 3)
     return out
 
@@ -135,37 +159,58 @@ def _dm_cases(x, y, stats, ipcs, device, repeats, warmup) -> dict:
         condense.dm(x, y, 10, iterations=1, batch_real=8, width=WIDTH, stats=stats, **kw)
     out = {}
     for ipc in ipcs:
-        entry = {}
-        for mode, kw in MODES.items():
-            run = lambda: condense.dm(x, y, ipc, iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH,  # noqa: E731
-                                      stats=stats, **kw)
-            first = _timed_first(run) if mode == "compiled" else None
-            t = best_seconds(run, device, repeats, 0 if first is not None else warmup)
-            entry[mode] = {"seconds_per_iteration": round(t, 3)}
-            if first is not None:
-                entry[mode]["compile_seconds"] = round(max(first - t, 0.0), 1)
-        base = entry["eager_channels_first"]["seconds_per_iteration"]
-        for mode in entry:
-            entry[mode]["ratio_to_eager"] = round(base / entry[mode]["seconds_per_iteration"], 2)
-        out[f"ipc{ipc}"] = entry
+        runs = {mode: lambda kw=kw: condense.dm(x, y, ipc, iterations=1, batch_real=REAL_PER_CLASS,  # noqa: B023
+                                                width=WIDTH, stats=stats, **kw) for mode, kw in MODES.items()}
+        first = {mode: _timed_first(run) if mode == "compiled" else None for mode, run in runs.items()}
+        for _ in range(warmup):
+            for run in runs.values():
+                run()
+        times = interleaved_seconds(runs, device, repeats)
+        out[f"ipc{ipc}"] = _ratios({m: {"seconds_per_iteration": t} for m, t in times.items()}, first)
+    return out
+
+
+def _ratios(entry: dict, first: dict | None = None, key: str = "seconds_per_iteration") -> dict:
+    """Each mode's best seconds, its ratio to the eager channels-first best (``ratio_to_eager``) and the spread of
+    the same ratio round by round (``ratio_to_eager_per_round``: each round times every mode under the same load);
+    ``first``: a mode's first call (its compile seconds are that call's excess over the mode's best)."""
+    base = entry["eager_channels_first"][key]
+    out = {}
+    for mode, e in entry.items():
+        best = min(e[key])
+        row = {k: (round(min(v), 4) if isinstance(v, list) else v) for k, v in e.items()}
+        row[key] = round(best, 3)
+        if first and first.get(mode) is not None:
+            row["compile_seconds"] = round(max(first[mode] - best, 0.0), 1)
+        row["ratio_to_eager"] = round(min(base) / best, 2)
+        if len(e[key]) > 1:
+            row["ratio_to_eager_per_round"] = ratio_spread(base, e[key])
+        out[mode] = row
     return out
 
 
 def _k_sets(x, y, stats, device, repeats, warmup) -> dict:
-    """K = 5 estimators against one real pass over one set, channels-last eager and compiled (same run); the
-    five means alone split the cost between the shared passes and the estimators."""
+    """K = 5 estimators against one real pass over one set, in each mode; the five means alone split the cost
+    between the shared passes and the estimators. One, five and the five means are timed in turn within each
+    round (``cost_ratio`` of the best times; ``cost_ratio_per_round`` the spread of the same-round ratios)."""
     ests = [condense.feature_mean, estimators.Median(), estimators.trimmed_mean(eps=0.1),
             estimators.truncated_mean(eps=0.1), estimators.calibrated_mean(0.1)]
     out = {"estimators": ["mean", "median", "trimmed", "truncated", "calibrated"]}
     for mode in ("channels_last", "default_chunked", "compiled"):
         kw = dict(iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **MODES[mode])
-        one = best_seconds(lambda: condense.dm(x, y, 10, **kw), device, repeats, warmup)
-        five = best_seconds(lambda: condense.dm_multi(x, y, 10, [dict(estimator=e) for e in ests], **kw), device,
-                            repeats, warmup)
-        means = best_seconds(lambda: condense.dm_multi(x, y, 10, [dict(estimator=condense.feature_mean)] * 5, **kw),
-                             device, repeats, warmup)
+        runs = {"one": lambda kw=kw: condense.dm(x, y, 10, **kw),
+                "five": lambda kw=kw: condense.dm_multi(x, y, 10, [dict(estimator=e) for e in ests], **kw),
+                "means": lambda kw=kw: condense.dm_multi(x, y, 10, [dict(estimator=condense.feature_mean)] * 5,
+                                                         **kw)}
+        for _ in range(max(warmup, 1) if mode == "compiled" else warmup):  # compiled: its compiles first
+            for run in runs.values():
+                run()
+        t = interleaved_seconds(runs, device, repeats)
+        one, five, means = min(t["one"]), min(t["five"]), min(t["means"])
         out[mode] = {"one_set_s": round(one, 3), "five_sets_s": round(five, 3), "cost_ratio": round(five / one, 2),
-                     "five_means_s": round(means, 3), "five_means_ratio": round(means / one, 2)}
+                     "cost_ratio_per_round": ratio_spread(t["five"], t["one"]),
+                     "five_means_s": round(means, 3), "five_means_ratio": round(means / one, 2),
+                     "five_means_ratio_per_round": ratio_spread(t["means"], t["one"])}
     return out
 
 
@@ -183,31 +228,49 @@ def _net_epoch(c, s, ipc, device, channels_last, chunk, compile=False):
 
 
 def _dc(x, y, stats, c, s, device, repeats, warmup, full, method="dc") -> dict:
-    """DC's (or GUARD's, ``method="guard"``, timed once) outer iteration at ipc 10, extrapolated from its parts."""
+    """DC's (or GUARD's, ``method="guard"``, one round) outer iteration at ipc 10, extrapolated from its parts.
+
+    Every round times each mode's match step and then its network epoch (the best of 3 calls: an epoch is short),
+    all modes in turn; a round's extrapolated outer iteration combines that round's two times."""
     ipc, run = 10, getattr(condense, method)
     outer, inner = condense.DC_LOOPS[ipc]
     modes = dict(DC_MODES)
     if full and method == "dc":
         modes["channels_last_batch_classes"] = dict(channels_last=True, chunk=None, batch_classes=True)
-    reps = repeats if method == "dc" else 1
+    rounds = repeats if method == "dc" else 1
     entry = {"loops": [outer, inner], "extrapolated": True,
              "formula": "outer*match_step + (outer-1)*inner*net_epoch"}
     for kw in modes.values():  # a small call of each path first, so no mode pays one-off set-up costs
         run(x, y, ipc, iterations=1, loops=(1, 0), batch_real=8, width=WIDTH, stats=stats, **kw)
+    matches, epochs, first = {}, {}, {}
     for mode, kw in modes.items():
-        match = lambda: run(x, y, ipc, iterations=1, loops=(1, 0), batch_real=REAL_PER_CLASS,  # noqa: E731,B023
-                            width=WIDTH, stats=stats, **kw)
-        epoch = _net_epoch(c, s, ipc, device, kw["channels_last"], kw["chunk"], kw.get("compile", False))
-        first = _timed_first(match) + _timed_first(epoch) if kw.get("compile") else None  # the compiles
-        t_match = best_seconds(match, device, reps, 0 if first is not None else warmup)
-        t_epoch = best_seconds(epoch, device, repeats, 0 if first is not None else warmup)
-        entry[mode] = {"match_step_s": round(t_match, 3), "net_epoch_s": round(t_epoch, 4),
-                       "seconds_per_iteration": round(outer * t_match + (outer - 1) * inner * t_epoch, 1)}
-        if first is not None:
-            entry[mode]["compile_seconds"] = round(max(first - t_match - t_epoch, 0.0), 1)
-    base = entry["eager_channels_first"]["seconds_per_iteration"]
-    for mode in modes:
-        entry[mode]["ratio_to_eager"] = round(base / entry[mode]["seconds_per_iteration"], 2)
+        matches[mode] = lambda kw=kw: run(x, y, ipc, iterations=1, loops=(1, 0), batch_real=REAL_PER_CLASS,
+                                          width=WIDTH, stats=stats, **kw)
+        epochs[mode] = _net_epoch(c, s, ipc, device, kw["channels_last"], kw["chunk"], kw.get("compile", False))
+        if kw.get("compile"):  # the compiles: the first calls' excess over the best times (below)
+            first[mode] = (_timed_first(matches[mode]), _timed_first(epochs[mode]))
+        elif warmup:
+            matches[mode]()
+            epochs[mode]()
+    times = {mode: {"match_step_s": [], "net_epoch_s": [], "seconds_per_iteration": []} for mode in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            t_match = best_seconds(matches[mode], device, 1, 0)
+            t_epoch = best_seconds(epochs[mode], device, 3, 0)
+            e = times[mode]
+            e["match_step_s"].append(t_match)
+            e["net_epoch_s"].append(t_epoch)
+            e["seconds_per_iteration"].append(outer * t_match + (outer - 1) * inner * t_epoch)
+    rows = _ratios(times)
+    for mode, (f_match, f_epoch) in first.items():
+        rows[mode]["compile_seconds"] = round(max(f_match - min(times[mode]["match_step_s"]), 0.0)
+                                              + max(f_epoch - min(times[mode]["net_epoch_s"]), 0.0), 1)
+    for mode, row in rows.items():  # the best extrapolation from the best parts, as before the rounds
+        row["seconds_per_iteration"] = round(outer * row["match_step_s"] + (outer - 1) * inner * row["net_epoch_s"], 1)
+    base = rows["eager_channels_first"]["seconds_per_iteration"]
+    for row in rows.values():
+        row["ratio_to_eager"] = round(base / row["seconds_per_iteration"], 2)
+    entry.update(rows)
     return entry
 
 

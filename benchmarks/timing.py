@@ -25,3 +25,23 @@ def best_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 
         sync(device)
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int = 5,
+                        inner: int = 1) -> dict[str, list[float]]:
+    """Each name's seconds in each of ``rounds`` rounds; a round times every function in turn (the best of
+    ``inner`` calls each), so a change in the machine's load between rounds falls on all of them alike and the
+    ratio of two functions within one round compares them under the same load (warm-up is the caller's)."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out[name].append(best_seconds(fn, device, inner, 0))
+    return out
+
+
+def ratio_spread(numerator: list[float], denominator: list[float]) -> dict:
+    """Median, smallest and largest of the per-round ratios ``numerator[r] / denominator[r]``."""
+    r = sorted(a / b for a, b in zip(numerator, denominator))
+    mid = len(r) // 2
+    median = r[mid] if len(r) % 2 else (r[mid - 1] + r[mid]) / 2
+    return {"median": round(median, 2), "min": round(r[0], 2), "max": round(r[-1], 2), "rounds": len(r)}
