@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Callable
 
@@ -41,7 +42,6 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], device: torch.devi
 
 def ratio_spread(numerator: list[float], denominator: list[float]) -> dict:
     """Median, smallest and largest of the per-round ratios ``numerator[r] / denominator[r]``."""
-    r = sorted(a / b for a, b in zip(numerator, denominator))
-    mid = len(r) // 2
-    median = r[mid] if len(r) % 2 else (r[mid - 1] + r[mid]) / 2
-    return {"median": round(median, 2), "min": round(r[0], 2), "max": round(r[-1], 2), "rounds": len(r)}
+    r = [a / b for a, b in zip(numerator, denominator)]
+    return {"median": round(statistics.median(r), 2), "min": round(min(r), 2), "max": round(max(r), 2),
+            "rounds": len(r)}
