@@ -240,3 +240,23 @@ def test_power_method_dual_form_equals_algorithm_5_loop(iterations, n, d):
         v = torch.einsum("cnd,cn->cd", xc, torch.einsum("cnd,cd->cn", xc, v)) / (n - 1)
         v = v / v.norm(dim=-1, keepdim=True)
     assert torch.allclose(estimators.power_method(xc, iterations, v0=v0), v, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [(float("nan"),), (float("inf"),), (float("-inf"),), (float("inf"), float("-inf"))])
+@pytest.mark.parametrize("name", sorted(estimators.ESTIMATORS))
+def test_one_non_finite_value_among_many_is_rejected(name, bad):
+    """The finiteness check sums first: every kind of bad value, alone or inf and -inf together, still fails."""
+    f = _features(n=40).float()
+    for i, value in enumerate(bad):
+        f[1, 3 + i, 2] = value
+    with pytest.raises(checks.BadInput, match="NaN or infinite"):
+        estimators.ESTIMATORS[name](0.05).estimate(f)
+
+
+def test_finite_features_whose_sum_overflows_are_accepted():
+    """3e38 is a finite float32, but 21 of them sum to inf: the full check decides, and the median (odd n: the
+    middle value itself) is exact."""
+    f = torch.full((2, 41, 3), 3e38)
+    f[:, :20] = -1.0
+    assert not torch.isfinite(f.sum())
+    assert torch.equal(estimators.median(f), torch.full((2, 3), 3e38))

@@ -83,7 +83,9 @@ def _features(f, where: str) -> torch.Tensor:
                               f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__}")
     if not f.is_floating_point():
         raise checks.BadInput(f"{where}: features must be floating point, got {f.dtype}")
-    return checks.finite(f, "features", where=where)
+    # DM calls an estimator on 10 x 256 x 2,048 features every iteration: a sum (0.4 ms) is finite only if every
+    # value is, so the full check (a mask, 10 ms) runs only when the sum is not: a bad value, or an overflow.
+    return f if torch.isfinite(f.sum()) else checks.finite(f, "features", where=where)
 
 
 class Estimator:
