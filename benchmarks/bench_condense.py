@@ -15,7 +15,7 @@ seconds drift; same-run ratios are what counts.
 * DM: ``condense.dm(..., iterations=1)`` with DSA at ipc 10 and 50, 28x28x1 and 32x32x3.
 * K sets: ``condense.dm_multi`` with K = 5 estimators (mean, median, trimmed, truncated, calibrated)
   against one real pass, over one ``dm`` in the same mode (channels-last, default, compiled); and five
-  means (the estimators' share).
+  means (the estimators' share), and each estimator's own single-set run (the average single set).
 * DC and GUARD: one outer iteration at ipc 10, loops (10, 50), **extrapolated** from its parts on a CPU
   (``outer * t_match + (outer - 1) * inner * t_epoch``; ``t_match`` one image update of all classes,
   ``condense.dc`` / ``condense.guard`` with ``loops=(1, 0)``; ``t_epoch`` one network epoch on the
@@ -194,16 +194,23 @@ def _ratios(entry: dict, first: dict | None = None, key: str = "seconds_per_iter
 def _k_sets(x, y, stats, device, repeats, warmup) -> dict:
     """K = 5 estimators against one real pass over one set, in each mode; the five means alone split the cost
     between the shared passes and the estimators. One, five and the five means are timed in turn within each
-    round (``cost_ratio`` of the best times; ``cost_ratio_per_round`` the spread of the same-round ratios)."""
+    round (``cost_ratio`` of the best times; ``cost_ratio_per_round`` the spread of the same-round ratios).
+
+    "One set" is a mean set. A single set with another estimator pays that estimator too, so the five are also
+    compared with the average of the five single-set runs, one per estimator, timed in the same rounds
+    (``cost_ratio_to_average_one_set``; five separate runs, as Part II's Table 2 would take them, cost five of these)."""
+    names = ["mean", "median", "trimmed", "truncated", "calibrated"]
     ests = [condense.feature_mean, estimators.Median(), estimators.trimmed_mean(eps=0.1),
             estimators.truncated_mean(eps=0.1), estimators.calibrated_mean(0.1)]
-    out = {"estimators": ["mean", "median", "trimmed", "truncated", "calibrated"]}
+    out = {"estimators": names}
     for mode in ("channels_last", "default_chunked", "compiled"):
         kw = dict(iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **MODES[mode])
         runs = {"one": lambda kw=kw: condense.dm(x, y, 10, **kw),
                 "five": lambda kw=kw: condense.dm_multi(x, y, 10, [dict(estimator=e) for e in ests], **kw),
                 "means": lambda kw=kw: condense.dm_multi(x, y, 10, [dict(estimator=condense.feature_mean)] * 5,
                                                          **kw)}
+        runs.update({f"one_{n}": lambda kw=kw, e=e: condense.dm(x, y, 10, estimator=e, **kw)
+                     for n, e in zip(names[1:], ests[1:])})
         for _ in range(max(warmup, 1) if mode == "compiled" else warmup):  # compiled: its compiles first
             for run in runs.values():
                 run()
@@ -213,6 +220,11 @@ def _k_sets(x, y, stats, device, repeats, warmup) -> dict:
                      "cost_ratio_per_round": ratio_spread(t["five"], t["one"]),
                      "five_means_s": round(means, 3), "five_means_ratio": round(means / one, 2),
                      "five_means_ratio_per_round": ratio_spread(t["means"], t["one"])}
+        singles = [t["one"]] + [t[f"one_{n}"] for n in names[1:]]
+        average = [sum(r) / len(r) for r in zip(*singles)]  # per round: the mean of the five single-set runs
+        out[mode].update(one_set_each_s={n: round(min(v), 3) for n, v in zip(names, singles)},
+                         cost_ratio_to_average_one_set=round(five / min(average), 2),
+                         cost_ratio_to_average_one_set_per_round=ratio_spread(t["five"], average))
     return out
 
 
