@@ -73,6 +73,29 @@ def test_median_and_trimmed_keep_float32_precision_next_to_huge_outliers():
         assert np.allclose(estimators.trimmed_mean(12)(f)[c].numpy(), naive_trimmed(fc, 12), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])  # classes split over threads: fewer, more, uneven
+@pytest.mark.parametrize("c", [1, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])  # numpy's sort and torch's
+def test_median_and_trimmed_on_every_class_split_and_dtype(threads, c, dtype):
+    """The per-coordinate sort runs numpy on the classes split over torch's threads (torch.sort for other
+    dtypes): every class, however the split falls, must equal its own naive loop; a strided input too."""
+    g = torch.Generator().manual_seed(c)
+    f = torch.relu(torch.randn(c, 9, 41, generator=g)).to(dtype)  # (C, d, n): rows transposed below
+    f = f.transpose(1, 2)  # (C, 41, 9) features, not contiguous
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        med, trim = estimators.median(f), estimators.trimmed_mean(6)(f)
+    finally:
+        torch.set_num_threads(old)
+    assert med.dtype == dtype and trim.dtype == dtype
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-6
+    for k in range(c):
+        fc = f[k].double().numpy()
+        assert np.allclose(med[k].double().numpy(), naive_median(fc), rtol=tol, atol=tol)
+        assert np.allclose(trim[k].double().numpy(), naive_trimmed(fc, 6), rtol=tol, atol=tol)
+
+
 def test_truncated_equals_naive_loop_and_removes_far_points():
     f = _features()
     for k in (0, 2, 3, 6):

@@ -30,8 +30,10 @@ bit-identical.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import checks
@@ -125,10 +127,33 @@ class Mean(Estimator):
         return Estimate(_features(features, self.name).mean(dim=1))
 
 
-def _per_coordinate(f: torch.Tensor) -> torch.Tensor:
-    """(C, d, n), contiguous: each class's n values of every coordinate in a row. On a CPU, sorting along this
-    last axis took 0.26 s where sorting (C, n, d) along its strided n axis took 0.49 s (10 x 256 x 2,048)."""
-    return f.transpose(1, 2).contiguous()
+def _sorted_per_coordinate(f: torch.Tensor) -> torch.Tensor:
+    """(C, d, n): each class's n values of every coordinate, sorted ascending (what the median and the trimmed
+    mean read their order statistics from).
+
+    On a CPU, numpy sorts float rows with vectorised sorting networks (x86-simd-sort, numpy >= 2) where
+    ``torch.sort`` and ``torch.topk`` select element by element: at 10 x 256 x 2,048 on 2 threads the whole sort,
+    transpose included, took 15 ms against 109 ms for ``torch.sort`` and 36 ms for the one ``topk`` the median
+    needed. numpy sorts on one thread and releases the GIL, so the classes are split over
+    ``torch.get_num_threads()`` threads, each transposing and sorting its own classes. Elsewhere (a GPU, a
+    half-precision dtype) ``torch.sort``. Sorting is exact: the same values in the same order either way."""
+    if f.device.type != "cpu" or f.dtype not in (torch.float32, torch.float64):
+        return f.transpose(1, 2).sort(dim=-1).values
+    src = f.detach().numpy()
+    out = np.empty((src.shape[0], src.shape[2], src.shape[1]), dtype=src.dtype)
+
+    def work(classes):
+        for c in classes:
+            out[c] = src[c].T
+            out[c].sort(axis=-1)
+
+    parts = [p for p in np.array_split(np.arange(src.shape[0]), max(1, torch.get_num_threads())) if len(p)]
+    if len(parts) == 1:
+        work(parts[0])
+    else:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            list(pool.map(work, parts))
+    return torch.from_numpy(out)
 
 
 class Median(Estimator):
@@ -137,14 +162,11 @@ class Median(Estimator):
     name = "median"
 
     def estimate(self, features, generator=None):
-        rows = _per_coordinate(_features(features, self.name))
+        rows = _sorted_per_coordinate(_features(features, self.name))
         n = rows.shape[-1]
-        # The n // 2 + 1 smallest values of a row (a selection, not a sort: 24 ms against 62 ms for two
-        # torch.median calls at 10 x 2,048 x 256) hold both middle values, as their largest and, for even n,
-        # their second largest.
-        low = rows.topk(n // 2 + 1, dim=-1, largest=False, sorted=False).values
-        top = low.topk(min(2, n // 2 + 1), dim=-1).values
-        return Estimate(top[..., 0] if n % 2 else top.mean(dim=-1))
+        if n % 2:
+            return Estimate(rows[..., n // 2])
+        return Estimate(rows[..., n // 2 - 1:n // 2 + 1].mean(dim=-1))
 
 
 class _Dropping(Estimator):
@@ -198,20 +220,7 @@ class TrimmedMean(_Dropping):
         h = math.ceil(self.check_n(n) / 2)
         if h == 0:
             return Estimate(f.mean(dim=1))
-        return Estimate(_trimmed(_per_coordinate(f), h))
-
-
-def _trimmed(rows: torch.Tensor, h: int) -> torch.Tensor:
-    """Mean of ``sorted(row)[h:n - h]`` for each row of ``rows`` (..., n), without sorting.
-
-    Two selections give ``lo = sorted[h - 1]`` and ``hi = sorted[n - h]``. Clamping a row to ``[lo, hi]``
-    turns its h smallest values into ``lo`` and its h largest into ``hi`` and leaves the kept ones, ties
-    included, so the kept sum is ``sum(clamp(row, lo, hi)) - h (lo + hi)``: no sum ever holds a dropped
-    outlier. 42 ms against 63 ms for a sort at 10 x 2,048 x 256 (2 threads)."""
-    n = rows.shape[-1]
-    lo = rows.topk(h, dim=-1, largest=False, sorted=False).values.amax(dim=-1, keepdim=True)
-    hi = rows.topk(h, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-    return ((rows.clamp(lo, hi).sum(-1, keepdim=True) - h * (lo + hi)) / (n - 2 * h)).squeeze(-1)
+        return Estimate(_sorted_per_coordinate(f)[..., h:n - h].mean(dim=-1))
 
 
 def _mean_without(f: torch.Tensor, scores: torch.Tensor, k: int) -> Estimate:
@@ -250,24 +259,30 @@ def power_method(x_centred: torch.Tensor, iterations: int, generator: torch.Gene
     parallel to ``X^T u_t`` and ``u_{t+1}`` to ``K u_t`` for the Gram matrix ``K = X X^T`` (C, n, n), formed
     once. So ``v_T`` is parallel to ``X^T K^(T-1) X v_0``: a step costs n^2 instead of 2 n d (DM's real
     batches: n = 256 samples against d = 2,048 features), equal to the primal loop up to rounding (tested).
+
+    The vectors are kept as rows (C, 1, .) and multiplied from the left (``v^T X^T``, ``u^T K``, ``u^T X``; K is
+    symmetric): the same products, but a CPU's batched GEMM runs a row times a matrix many times faster than a
+    matrix times a column. At DM's sizes, 2 threads: ``u^T X`` 0.4 ms against 10.4 ms for ``X^T u``, ``u^T K``
+    0.06 against 0.44 ms; the whole method 53 -> 20 ms.
     """
     c, n, d = x_centred.shape
     if v0 is None:
         v0 = torch.randn(c, d, generator=generator)
-    v = v0.to(device=x_centred.device, dtype=x_centred.dtype)
+    v = v0.to(device=x_centred.device, dtype=x_centred.dtype).unsqueeze(1)   # (C, 1, d): rows
+    xt = x_centred.transpose(1, 2)                                           # (C, d, n), a view
     tiny = torch.finfo(v.dtype).tiny
     if n >= d:  # the primal loop of Algorithm 5
         v = v / v.norm(dim=-1, keepdim=True)
         for _ in range(iterations):
-            v = torch.bmm(x_centred.transpose(1, 2), torch.bmm(x_centred, v.unsqueeze(-1))).squeeze(-1)
+            v = torch.bmm(torch.bmm(v, xt), x_centred)                   # (X^T X v)^T
             v = v / v.norm(dim=-1, keepdim=True).clamp_min(tiny)
-        return v
-    u = torch.bmm(x_centred, v.unsqueeze(-1))                          # (C, n, 1): X v_0
-    gram = torch.bmm(x_centred, x_centred.transpose(1, 2))            # (C, n, n)
+        return v.squeeze(1)
+    u = torch.bmm(v, xt)                                                 # (C, 1, n): (X v_0)^T
+    gram = torch.bmm(x_centred, xt)                                      # (C, n, n)
     for _ in range(iterations - 1):
-        u = torch.bmm(gram, u)
-        u = u / u.norm(dim=1, keepdim=True).clamp_min(tiny)           # the scale of u does not change v's direction
-    v = torch.bmm(x_centred.transpose(1, 2), u).squeeze(-1)
+        u = torch.bmm(u, gram)                                           # (K u)^T, K symmetric
+        u = u / u.norm(dim=-1, keepdim=True).clamp_min(tiny)             # the scale of u does not change v's direction
+    v = torch.bmm(u, x_centred).squeeze(1)                               # (X^T u)^T
     return v / v.norm(dim=-1, keepdim=True).clamp_min(tiny)
 
 
@@ -310,7 +325,7 @@ class CalibratedMean(_Dropping):
         k = self.check_n(f.shape[1])
         xc = f - f.mean(dim=1, keepdim=True)
         v = power_method(xc, self.power_iterations, generator)
-        scores = torch.bmm(xc, v.unsqueeze(-1)).squeeze(-1).abs()
+        scores = torch.bmm(v.unsqueeze(1), xc.transpose(1, 2)).squeeze(1).abs()  # a row times X^T (see power_method)
         return _mean_without(f, scores, k)
 
 
