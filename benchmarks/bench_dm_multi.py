@@ -1,12 +1,13 @@
 """Five synthetic sets against one real pass (``condense.dm_multi``) at DM's paper size, on its own.
 
-The K-sets case of ``bench_condense.py`` (its ``_k_sets``: one mean set, the five estimators of RDM-DC Table 2,
-five means, and each estimator's single set, timed in turn round by round, channels-last, default and compiled)
-without that benchmark's half hour of DM, DC, GUARD and limit cases, at 28x28x1, width 128, 10 classes x 256
-real images, ipc 10. The ratio is a property of the machine as much as of the code: the five sets add four
-synthetic passes (forward and input backward of 100 images) and four estimators to one shared real forward of
-2,560 images, so a CPU that runs the big real forward fast, relative to the small synthetic passes, gets a higher
-ratio. The fp32 GEMM (2048^3, before and after; the faster counts) is recorded beside it to tell the machines apart.
+The K-sets case of ``bench_condense.py`` (its ``_k_sets``: one mean set, the five estimators of RDM-DC
+Table 2, five means, and each estimator's single set, timed in turn round by round, channels-last, default
+and compiled) without that benchmark's half hour of DM, DC, GUARD and limit cases, at 28x28x1, width 128,
+10 classes x 256 real images, ipc 10. The ratio is a property of the machine as much as of the code: the five
+sets add four synthetic passes (forward and input backward of 100 images) and four estimators to one shared
+real forward of 2,560 images, so a CPU that runs the big real forward fast, relative to the small synthetic
+passes, gets a higher ratio. The fp32 GEMM (2048^3, before and after; the faster counts) is recorded beside
+it to tell the machines apart.
 """
 
 from __future__ import annotations

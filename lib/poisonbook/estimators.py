@@ -132,9 +132,9 @@ def _sorted_per_coordinate(f: torch.Tensor) -> torch.Tensor:
     mean read their order statistics from).
 
     On a CPU, numpy sorts float rows with vectorised sorting networks (x86-simd-sort, numpy >= 2) where
-    ``torch.sort`` and ``torch.topk`` select element by element: at 10 x 256 x 2,048 on 2 threads the whole sort,
-    transpose included, took 15 ms against 109 ms for ``torch.sort`` and 36 ms for the one ``topk`` the median
-    needed. numpy sorts on one thread and releases the GIL, so the classes are split over
+    ``torch.sort`` and ``torch.topk`` select element by element: at 10 x 256 x 2,048 on 2 threads the whole
+    sort, transpose included, took 15-20 ms against 109 ms for ``torch.sort`` and 36 ms for the one ``topk``
+    the median needed. numpy sorts on one thread and releases the GIL, so the classes are split over
     ``torch.get_num_threads()`` threads, each transposing and sorting its own classes. Elsewhere (a GPU, a
     half-precision dtype) ``torch.sort``. Sorting is exact: the same values in the same order either way."""
     if f.device.type != "cpu" or f.dtype not in (torch.float32, torch.float64):
@@ -260,10 +260,10 @@ def power_method(x_centred: torch.Tensor, iterations: int, generator: torch.Gene
     once. So ``v_T`` is parallel to ``X^T K^(T-1) X v_0``: a step costs n^2 instead of 2 n d (DM's real
     batches: n = 256 samples against d = 2,048 features), equal to the primal loop up to rounding (tested).
 
-    The vectors are kept as rows (C, 1, .) and multiplied from the left (``v^T X^T``, ``u^T K``, ``u^T X``; K is
-    symmetric): the same products, but a CPU's batched GEMM runs a row times a matrix many times faster than a
-    matrix times a column. At DM's sizes, 2 threads: ``u^T X`` 0.4 ms against 10.4 ms for ``X^T u``, ``u^T K``
-    0.06 against 0.44 ms; the whole method 53 -> 20 ms.
+    The vectors are kept as rows (C, 1, .) and multiplied from the left (``v^T X^T``, ``u^T K``, ``u^T X``;
+    K is symmetric): the same products, but a CPU's batched GEMM runs a row times a matrix many times faster
+    than a matrix times a column. At DM's sizes, 2 threads: ``u^T X`` 0.4 ms against 10.4 ms for ``X^T u``,
+    ``u^T K`` 0.06 against 0.44 ms; the whole method 53 -> 25 ms.
     """
     c, n, d = x_centred.shape
     if v0 is None:
@@ -281,7 +281,7 @@ def power_method(x_centred: torch.Tensor, iterations: int, generator: torch.Gene
     gram = torch.bmm(x_centred, xt)                                      # (C, n, n)
     for _ in range(iterations - 1):
         u = torch.bmm(u, gram)                                           # (K u)^T, K symmetric
-        u = u / u.norm(dim=-1, keepdim=True).clamp_min(tiny)             # the scale of u does not change v's direction
+        u = u / u.norm(dim=-1, keepdim=True).clamp_min(tiny)             # the scale of u leaves v's direction
     v = torch.bmm(u, x_centred).squeeze(1)                               # (X^T u)^T
     return v / v.norm(dim=-1, keepdim=True).clamp_min(tiny)
 
@@ -325,7 +325,7 @@ class CalibratedMean(_Dropping):
         k = self.check_n(f.shape[1])
         xc = f - f.mean(dim=1, keepdim=True)
         v = power_method(xc, self.power_iterations, generator)
-        scores = torch.bmm(v.unsqueeze(1), xc.transpose(1, 2)).squeeze(1).abs()  # a row times X^T (see power_method)
+        scores = torch.bmm(v.unsqueeze(1), xc.transpose(1, 2)).squeeze(1).abs()  # row form: power_method
         return _mean_without(f, scores, k)
 
 
