@@ -196,7 +196,7 @@ def _ratios(entry: dict, first: dict | None = None, key: str = "seconds_per_iter
     return out
 
 
-def _k_sets(x, y, stats, device, repeats, warmup) -> dict:
+def _k_sets(x, y, stats, device, repeats, warmup, modes=("channels_last", "default_chunked", "compiled")) -> dict:
     """K = 5 estimators against one real pass over one set, in each mode; the five means alone split the cost
     between the shared passes and the estimators. One, five and the five means are timed in turn within each
     round (``cost_ratio`` of the best times; ``cost_ratio_per_round`` the spread of the same-round ratios).
@@ -208,7 +208,7 @@ def _k_sets(x, y, stats, device, repeats, warmup) -> dict:
     ests = [condense.feature_mean, estimators.Median(), estimators.trimmed_mean(eps=0.1),
             estimators.truncated_mean(eps=0.1), estimators.calibrated_mean(0.1)]
     out = {"estimators": names}
-    for mode in ("channels_last", "default_chunked", "compiled"):
+    for mode in modes:
         kw = dict(iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **MODES[mode])
         runs = {"one": lambda kw=kw: condense.dm(x, y, 10, **kw),
                 "five": lambda kw=kw: condense.dm_multi(x, y, 10, [dict(estimator=e) for e in ests], **kw),

@@ -12,8 +12,9 @@ Matching", UAI 2023 (``papers/000``):
 * :data:`mean`: the plain mean (DM's estimator, eq. (2)).
 
 Every estimator maps features ``(C, n, d)`` (C classes, n representations each) to ``(C, d)``,
-batched over classes with tensor ops (no Python loop over samples or classes), and never forms
-the ``d x d`` covariance (``d_r = 2048`` for the ConvNet): the power method multiplies by
+batched over classes with tensor ops (no Python loop over samples; on a CPU the median's and the trimmed
+mean's per-coordinate sort runs numpy's vectorised sort on each class, the classes split over threads), and
+never forms the ``d x d`` covariance (``d_r = 2048`` for the ConvNet): the power method multiplies by
 ``X^T (X v)``.
 
 ``eps`` is the poisoned fraction **of the class** (Sec. 4.3): when all P poisons sit in one class
