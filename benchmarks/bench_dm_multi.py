@@ -8,7 +8,7 @@ compiled path, without that benchmark's half hour of DM, DC, GUARD and limit cas
 The ratio is a property of the machine as much as of the code. Five sets add, to one set's iteration, four
 synthetic passes (forward and input backward of 100 images each) and four estimators; the real forward of
 2,560 images is shared. So ``components`` times those parts alone, in turn round by round like the rest: the
-compiled real forward (no autograd, pieces of ``condense.CPU_CHUNK``), one compiled synthetic pass, and each
+compiled real forward (no autograd, in ``dm``'s default pieces), one compiled synthetic pass, and each
 estimator on features (10, 256, 2048). ``five_over_one_from_parts`` = 1 + (4 synthetic passes + the four
 estimators) / (one compiled set) is what the end-to-end ratio would be with nothing else in the way; a CPU
 whose big real forward runs fast relative to the small synthetic passes gets a higher ratio. The fp32 GEMM
@@ -22,8 +22,8 @@ import statistics
 import torch
 
 from bench_condense import CLASSES, REAL_PER_CLASS, WIDTH, _k_sets, _real
-from poisonbook import condense, estimators, models
-from poisonbook.condense._core import _compiled, _embed, _embed_pieces, _layout
+from poisonbook import estimators, models
+from poisonbook.condense._core import _chunk, _compiled, _embed, _embed_pieces, _layout
 from timing import best_seconds, interleaved_seconds
 
 IPC = 10
@@ -36,11 +36,11 @@ def _gemm_gflops(device: torch.device, repeats: int) -> float:
 
 
 def _components(device: torch.device, repeats: int) -> dict:
-    """Seconds of the parts of a compiled DM iteration that five sets share or repeat, timed in turn per round."""
+    """Seconds of the parts of a compiled DM iteration that five sets share or repeat, in turn each round."""
     g = torch.Generator().manual_seed(0)
     net = models.ConvNet(1, CLASSES, 28, WIDTH).to(device).train().requires_grad_(False)
     net = net.to(memory_format=torch.channels_last)
-    embed, chunk = _compiled(_embed, True), condense.CPU_CHUNK
+    embed, chunk = _compiled(_embed, True), _chunk("auto", device, "bench_dm_multi")  # as dm cuts its batches
     real = _layout(torch.randn(CLASSES * REAL_PER_CLASS, 1, 28, 28, generator=g).to(device), True)
     syn = torch.randn(CLASSES * IPC, 1, 28, 28, generator=g).to(device).requires_grad_(True)
     feats = torch.randn(CLASSES, REAL_PER_CLASS, 2048, generator=g).relu().to(device)
@@ -50,6 +50,7 @@ def _components(device: torch.device, repeats: int) -> dict:
             _embed_pieces(embed, net, real, chunk)
 
     def synthetic_pass():
+        syn.grad = None
         f = _embed_pieces(embed, net, _layout(syn, True), chunk)
         (f.view(CLASSES, IPC, -1).mean(1) ** 2).sum().backward()
 
