@@ -49,7 +49,7 @@ import torch
 from poisonbook import condense, estimators, models
 from poisonbook.condense._core import _chunk, _compiled, _forward
 from poisonbook.condense._dc import _train_network
-from timing import best_seconds, interleaved_seconds, ratio_spread, sync
+from timing import best_seconds, gemm_gflops, interleaved_seconds, ratio_spread, sync
 
 CLASSES, REAL_PER_CLASS, WIDTH = 10, 256, 128
 MODES = {"eager_channels_first": dict(channels_last=False, chunk=None),
@@ -89,13 +89,9 @@ def _timed_first(fn) -> float:
 
 def _limit(c, s, device, repeats) -> dict:
     """GFLOPS of the real forward (each layout) against a GEMM and a bf16 GEMM measured now."""
-    n = 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    ab, bb = a.bfloat16(), b.bfloat16()
 
     def gemms() -> tuple[float, float]:
-        return (2 * n**3 / best_seconds(lambda: a @ b, device, repeats) / 1e9,
-                2 * n**3 / best_seconds(lambda: ab @ bb, device, repeats) / 1e9)
+        return gemm_gflops(device, repeats), gemm_gflops(device, repeats, torch.bfloat16)
 
     before = gemms()  # measured again after the forwards; the faster of the two counts (a shared machine)
     torch.manual_seed(0)
@@ -196,7 +192,8 @@ def _ratios(entry: dict, first: dict | None = None, key: str = "seconds_per_iter
     return out
 
 
-def _k_sets(x, y, stats, device, repeats, warmup, modes=("channels_last", "default_chunked", "compiled")) -> dict:
+def _k_sets(x, y, stats, device, repeats, warmup,
+            modes=("channels_last", "default_chunked", "compiled")) -> dict:
     """K = 5 estimators against one real pass over one set, in each mode; the five means alone split the cost
     between the shared passes and the estimators. One, five and the five means are timed in turn within each
     round (``cost_ratio`` of the best times; ``cost_ratio_per_round`` the spread of the same-round ratios).

@@ -24,15 +24,9 @@ import torch
 from bench_condense import CLASSES, REAL_PER_CLASS, WIDTH, _k_sets, _real
 from poisonbook import estimators, models
 from poisonbook.condense._core import _chunk, _compiled, _embed, _embed_pieces, _layout
-from timing import best_seconds, interleaved_seconds
+from timing import gemm_gflops, interleaved_seconds
 
 IPC = 10
-
-
-def _gemm_gflops(device: torch.device, repeats: int) -> float:
-    n = 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n**3 / best_seconds(lambda: a @ b, device, repeats) / 1e9
 
 
 def _components(device: torch.device, repeats: int) -> dict:
@@ -68,12 +62,12 @@ def _components(device: torch.device, repeats: int) -> dict:
 def run(device: torch.device, repeats: int = 5) -> dict:
     x, y = _real(1, 28, device)
     stats = (torch.zeros(1), torch.ones(1))
-    before = _gemm_gflops(device, repeats)
+    before = gemm_gflops(device, repeats)
     parts = _components(device, repeats)
     sets = _k_sets(x, y, stats, device, repeats, warmup=1, modes=("default_chunked", "compiled"))
     extra = 4 * parts["synthetic_pass"]["best_ms"] + sum(v["best_ms"] for k, v in parts.items()
                                                          if k.startswith("estimator_"))
     one = 1e3 * sets["compiled"]["one_set_s"]
     return {"width": WIDTH, "shape": "28x28x1", "ipc": IPC,
-            "gemm_fp32_gflops": round(max(before, _gemm_gflops(device, repeats)), 1), "components": parts,
+            "gemm_fp32_gflops": round(max(before, gemm_gflops(device, repeats)), 1), "components": parts,
             "five_over_one_from_parts": round(1 + extra / one, 2), "dm_five_sets_per_real_pass": sets}

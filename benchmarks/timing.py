@@ -45,3 +45,12 @@ def ratio_spread(numerator: list[float], denominator: list[float]) -> dict:
     r = [a / b for a, b in zip(numerator, denominator)]
     return {"median": round(statistics.median(r), 2), "min": round(min(r), 2), "max": round(max(r), 2),
             "rounds": len(r)}
+
+
+def gemm_gflops(device: torch.device, repeats: int = 5, dtype: torch.dtype = torch.float32,
+                n: int = 2048) -> float:
+    """GFLOPS of an ``n``^3 matrix product in ``dtype`` on ``device`` (the best of ``repeats``): the machine's
+    limit, measured in the same run as what is compared with it."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+    return 2 * n**3 / best_seconds(lambda: a @ b, device, repeats) / 1e9
