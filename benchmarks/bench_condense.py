@@ -29,9 +29,10 @@ seconds drift; same-run ratios are what counts.
   each layout, whole and in pieces, eager and compiled, against a 2048^3 fp32 GEMM and a bf16 GEMM measured in
   the same run, and the bf16 real forward (autocast: channels-last, channels-first, compiled channels-last in
   pieces) with its relative error on the features.
-* The group-norm kernel: forward and input backward of the ConvNet's instance norm on a piece of 16 images
-  (128 x 32 x 32) in each memory layout (why DC defaults to channels-first), and its forward on a bf16 input
-  under autocast. In a profile of the eager bf16 channels-last forward (256 images), ``native_group_norm``
+* The group-norm kernel: forward and input backward of the ConvNet's instance norm (PyTorch's ``GroupNorm``) on a
+  piece of 16 images (128 x 32 x 32) in each memory layout (why DC defaults to channels-first), and its forward on
+  a bf16 input under autocast. ``condense._norm`` has a channels-last instance norm that is faster there and
+  exact to float rounding; ``bench_dm_multi.py`` times both per map size, and DM with and without it. In a profile of the eager bf16 channels-last forward (256 images), ``native_group_norm``
   took 75% of the time (176 of 233 ms; channels-first 24 of 170 ms), but in isolation this kernel is no slower
   in channels-last, so the cause is in how the convolutions' bf16 outputs reach it, not isolated here.
   Compiled, the norm is inductor's own kernel and the bf16 pass runs at several times the fp32 one.

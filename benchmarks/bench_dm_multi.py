@@ -13,6 +13,13 @@ estimator on features (10, 256, 2048). ``five_over_one_from_parts`` = 1 + (4 syn
 estimators) / (one compiled set) is what the end-to-end ratio would be with nothing else in the way; a CPU
 whose big real forward runs fast relative to the small synthetic passes gets a higher ratio. The fp32 GEMM
 (2048^3, before and after; the faster counts) is recorded beside it to tell the machines apart.
+
+``instance_norm``: the ConvNet's norm on one piece (16 images, 128 channels) at each of its map sizes, forward and
+forward plus backward, for PyTorch's ``group_norm`` in channels-first and channels-last memory and for
+``condense._norm.instance_norm`` in channels-last memory, in turn round by round; and ``norm_before_after``: one
+set and five sets in ``dm``'s default path as it is (PyTorch's channels-last ``group_norm``) and with
+``condense._norm.fast_norms`` applied to its channels-last networks (the change that module proposes), in turn
+within each round, with the same-round ratios.
 """
 
 from __future__ import annotations
@@ -21,10 +28,14 @@ import statistics
 
 import torch
 
-from bench_condense import CLASSES, REAL_PER_CLASS, WIDTH, _k_sets, _real
-from poisonbook import estimators, models
+import contextlib
+
+from bench_condense import CLASSES, MODES, REAL_PER_CLASS, WIDTH, _k_sets, _real
+from poisonbook import condense, estimators, models
+from poisonbook.condense import _core, _dm
 from poisonbook.condense._core import _chunk, _compiled, _embed, _embed_pieces, _layout
-from timing import gemm_gflops, interleaved_seconds
+from poisonbook.condense._norm import fast_norms, instance_norm
+from timing import gemm_gflops, interleaved_seconds, ratio_spread
 
 IPC = 10
 
@@ -59,15 +70,95 @@ def _components(device: torch.device, repeats: int) -> dict:
             for name, v in t.items()}
 
 
+def _instance_norm(device: torch.device, repeats: int) -> dict:
+    """Milliseconds of the ConvNet's norm on one piece at each map size: forward (no autograd) and forward plus
+    backward, PyTorch's ``group_norm`` per layout against ``instance_norm`` in channels-last memory."""
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(WIDTH, generator=g).to(device), torch.randn(WIDTH, generator=g).to(device)
+    fns = {}
+    for side in (32, 16, 8):
+        x = torch.randn(_core.CPU_CHUNK, WIDTH, side, side, generator=g).to(device)
+        for name, layout, norm in (("group_norm_channels_first", torch.contiguous_format, None),
+                                   ("group_norm_channels_last", torch.channels_last, None),
+                                   ("instance_norm_channels_last", torch.channels_last, instance_norm)):
+            xi = x.contiguous(memory_format=layout).requires_grad_(True)
+            dy = torch.randn_like(xi)
+            f = norm or (lambda a, w_, b_: torch.nn.functional.group_norm(a, WIDTH, w_, b_))
+
+            def forward(f=f, xi=xi):
+                with torch.inference_mode():
+                    f(xi, w, b)
+
+            fns[f"{side}x{side}/{name}/forward"] = forward
+            fns[f"{side}x{side}/{name}/forward_backward"] = lambda f=f, xi=xi, dy=dy: torch.autograd.grad(
+                f(xi, w, b), xi, dy)
+    for fn in fns.values():
+        fn()
+    t = interleaved_seconds(fns, device, repeats)
+    out: dict = {}
+    for key, v in t.items():
+        size, name, what = key.split("/")
+        out.setdefault(size, {}).setdefault(name, {})[what + "_ms"] = round(1e3 * min(v), 3)
+    return out
+
+
+@contextlib.contextmanager
+def _instance_norms():
+    """``dm`` with ``condense._norm.fast_norms`` applied to its channels-last networks (not the default yet)."""
+    layout = _dm._net_layout  # the name dm's loop calls
+    _dm._net_layout = lambda network, channels_last: (fast_norms(layout(network, True)) if channels_last
+                                                      else network)
+    try:
+        yield
+    finally:
+        _dm._net_layout = layout
+
+
+def _before_after(x, y, stats, device, repeats) -> dict:
+    """One and five sets (the K-sets estimators) in ``dm``'s default path, PyTorch's norm against ``instance_norm``,
+    all four in turn within each round."""
+    ests = [condense.feature_mean, estimators.Median(), estimators.trimmed_mean(eps=0.1),
+            estimators.truncated_mean(eps=0.1), estimators.calibrated_mean(0.1)]
+    kw = dict(iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **MODES["default_chunked"])
+
+    def one():
+        condense.dm(x, y, 10, **kw)
+
+    def five():
+        condense.dm_multi(x, y, 10, [dict(estimator=e) for e in ests], **kw)
+
+    def after(fn):
+        def run():
+            with _instance_norms():
+                fn()
+        return run
+
+    runs = {"one_group_norm": one, "five_group_norm": five, "one": after(one), "five": after(five)}
+    for fn in runs.values():
+        fn()
+    t = interleaved_seconds(runs, device, repeats)
+    best = {k: round(min(v), 3) for k, v in t.items()}
+    return {"seconds": best,
+            "speedup_one_set": round(best["one_group_norm"] / best["one"], 2),
+            "speedup_one_set_per_round": ratio_spread(t["one_group_norm"], t["one"]),
+            "speedup_five_sets": round(best["five_group_norm"] / best["five"], 2),
+            "speedup_five_sets_per_round": ratio_spread(t["five_group_norm"], t["five"]),
+            "five_over_one_group_norm_per_round": ratio_spread(t["five_group_norm"], t["one_group_norm"]),
+            "five_over_one_per_round": ratio_spread(t["five"], t["one"])}
+
+
 def run(device: torch.device, repeats: int = 5) -> dict:
     x, y = _real(1, 28, device)
     stats = (torch.zeros(1), torch.ones(1))
     before = gemm_gflops(device, repeats)
     parts = _components(device, repeats)
+    norms = _instance_norm(device, repeats)
+    before_after = _before_after(x, y, stats, device, repeats)
     sets = _k_sets(x, y, stats, device, repeats, warmup=1, modes=("default_chunked", "compiled"))
     extra = 4 * parts["synthetic_pass"]["best_ms"] + sum(v["best_ms"] for k, v in parts.items()
                                                          if k.startswith("estimator_"))
     one = 1e3 * sets["compiled"]["one_set_s"]
     return {"width": WIDTH, "shape": "28x28x1", "ipc": IPC,
             "gemm_fp32_gflops": round(max(before, gemm_gflops(device, repeats)), 1), "components": parts,
-            "five_over_one_from_parts": round(1 + extra / one, 2), "dm_five_sets_per_real_pass": sets}
+            "five_over_one_from_parts": round(1 + extra / one, 2), "dm_five_sets_per_real_pass": sets,
+            "instance_norm": norms, "norm_before_after": before_after}
