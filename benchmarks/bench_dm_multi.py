@@ -24,12 +24,11 @@ within each round, with the same-round ratios.
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import statistics
 
 import torch
-
-import contextlib
-import resource
 
 from bench_condense import CLASSES, MODES, REAL_PER_CLASS, WIDTH, _k_sets, _real
 from poisonbook import condense, estimators, models
@@ -161,8 +160,9 @@ def run(device: torch.device, repeats: int = 5) -> dict:
         return out
 
     parts = counted("components", _components, device, repeats)
-    # K sets before the norm sections, as in the earlier records: their many fresh 8 MB maps leave the heap in
-    # another state, and the five-set ratio measured after them came out higher (1.63-1.68 against 1.37-1.45)
+    # K sets before the norm sections, as in the earlier records. The five-set ratio depends on the process's
+    # history: in fresh processes with K sets alone it measured 1.37-1.45 (default path), in this benchmark after
+    # the compiled components 1.63-1.80, with millions of minor page faults in the K-sets section (recorded below)
     sets = counted("k_sets", _k_sets, x, y, stats, device, repeats, warmup=1, modes=("default_chunked", "compiled"))
     norms = counted("instance_norm", _instance_norm, device, repeats)
     before_after = counted("norm_before_after", _before_after, x, y, stats, device, repeats)
