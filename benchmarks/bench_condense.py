@@ -32,7 +32,8 @@ seconds drift; same-run ratios are what counts.
 * The group-norm kernel: forward and input backward of the ConvNet's instance norm (PyTorch's ``GroupNorm``) on a
   piece of 16 images (128 x 32 x 32) in each memory layout (why DC defaults to channels-first), and its forward on
   a bf16 input under autocast. ``condense._norm`` has a channels-last instance norm that is faster there and
-  exact to float rounding; ``bench_dm_multi.py`` times both per map size, and DM with and without it. In a profile of the eager bf16 channels-last forward (256 images), ``native_group_norm``
+  exact to float rounding; ``bench_dm_multi.py`` times both per map size, and DM with and without it. In a
+  profile of the eager bf16 channels-last forward (256 images), ``native_group_norm``
   took 75% of the time (176 of 233 ms; channels-first 24 of 170 ms), but in isolation this kernel is no slower
   in channels-last, so the cause is in how the convolutions' bf16 outputs reach it, not isolated here.
   Compiled, the norm is inductor's own kernel and the bf16 pass runs at several times the fp32 one.
@@ -193,6 +194,12 @@ def _ratios(entry: dict, first: dict | None = None, key: str = "seconds_per_iter
     return out
 
 
+#: The five estimators of RDM-DC Table 2 that the K-sets cases condense against one real pass.
+FIVE_ESTIMATORS = {"mean": condense.feature_mean, "median": estimators.Median(),
+                   "trimmed": estimators.trimmed_mean(eps=0.1), "truncated": estimators.truncated_mean(eps=0.1),
+                   "calibrated": estimators.calibrated_mean(0.1)}
+
+
 def _k_sets(x, y, stats, device, repeats, warmup,
             modes=("channels_last", "default_chunked", "compiled")) -> dict:
     """K = 5 estimators against one real pass over one set, in each mode; the five means alone split the cost
@@ -202,9 +209,7 @@ def _k_sets(x, y, stats, device, repeats, warmup,
     "One set" is a mean set. A single set with another estimator pays that estimator too, so the five are also
     compared with the average of the five single-set runs, one per estimator, timed in the same rounds
     (``cost_ratio_to_average_one_set``; five separate runs, as Part II's Table 2 would take them, cost five of these)."""
-    names = ["mean", "median", "trimmed", "truncated", "calibrated"]
-    ests = [condense.feature_mean, estimators.Median(), estimators.trimmed_mean(eps=0.1),
-            estimators.truncated_mean(eps=0.1), estimators.calibrated_mean(0.1)]
+    names, ests = list(FIVE_ESTIMATORS), list(FIVE_ESTIMATORS.values())
     out = {"estimators": names}
     for mode in modes:
         kw = dict(iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **MODES[mode])

@@ -30,8 +30,8 @@ import statistics
 
 import torch
 
-from bench_condense import CLASSES, MODES, REAL_PER_CLASS, WIDTH, _k_sets, _real
-from poisonbook import condense, estimators, models
+from bench_condense import CLASSES, FIVE_ESTIMATORS, MODES, REAL_PER_CLASS, WIDTH, _k_sets, _real
+from poisonbook import condense, models
 from poisonbook.condense import _core, _dm
 from poisonbook.condense._core import _chunk, _compiled, _embed, _embed_pieces, _layout
 from poisonbook.condense._norm import fast_norms, instance_norm
@@ -60,9 +60,7 @@ def _components(device: torch.device, repeats: int) -> dict:
         (f.view(CLASSES, IPC, -1).mean(1) ** 2).sum().backward()
 
     parts = {"real_forward": real_forward, "synthetic_pass": synthetic_pass}
-    ests = {"median": estimators.median, "trimmed": estimators.trimmed_mean(eps=0.1),
-            "truncated": estimators.truncated_mean(eps=0.1), "calibrated": estimators.calibrated_mean(0.1)}
-    parts.update({f"estimator_{n}": (lambda e=e: e(feats, g)) for n, e in ests.items()})
+    parts.update({f"estimator_{n}": (lambda e=e: e(feats, g)) for n, e in FIVE_ESTIMATORS.items() if n != "mean"})
     for fn in parts.values():  # compiles, then one untimed call each
         fn()
     t = interleaved_seconds(parts, device, repeats)
@@ -117,8 +115,7 @@ def _instance_norms():
 def _before_after(x, y, stats, device, repeats) -> dict:
     """One and five sets (the K-sets estimators) in ``dm``'s default path, PyTorch's norm against ``instance_norm``,
     all four in turn within each round."""
-    ests = [condense.feature_mean, estimators.Median(), estimators.trimmed_mean(eps=0.1),
-            estimators.truncated_mean(eps=0.1), estimators.calibrated_mean(0.1)]
+    ests = list(FIVE_ESTIMATORS.values())
     kw = dict(iterations=1, batch_real=REAL_PER_CLASS, width=WIDTH, stats=stats, **MODES["default_chunked"])
 
     def one():
@@ -161,7 +158,7 @@ def run(device: torch.device, repeats: int = 5) -> dict:
 
     parts = counted("components", _components, device, repeats)
     # K sets before the norm sections, as in the earlier records. The five-set ratio depends on the process's
-    # history: in fresh processes with K sets alone it measured 1.37-1.45 (default path), in this benchmark after
+    # history: in fresh processes with K sets alone it measured 1.30-1.45 (default path), in this benchmark after
     # the compiled components 1.63-1.80, with millions of minor page faults in the K-sets section (recorded below)
     sets = counted("k_sets", _k_sets, x, y, stats, device, repeats, warmup=1, modes=("default_chunked", "compiled"))
     norms = counted("instance_norm", _instance_norm, device, repeats)
