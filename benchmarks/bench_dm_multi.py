@@ -17,9 +17,8 @@ whose big real forward runs fast relative to the small synthetic passes gets a h
 ``instance_norm``: the ConvNet's norm on one piece (16 images, 128 channels) at each of its map sizes, forward and
 forward plus backward, for PyTorch's ``group_norm`` in channels-first and channels-last memory and for
 ``condense._norm.instance_norm`` in channels-last memory, in turn round by round; and ``norm_before_after``: one
-set and five sets in ``dm``'s default path as it is (PyTorch's channels-last ``group_norm``) and with
-``condense._norm.fast_norms`` applied to its channels-last networks (the change that module proposes), in turn
-within each round, with the same-round ratios.
+set and five sets in ``dm``'s default path with PyTorch's channels-last ``group_norm`` (the code before
+``condense._norm``) and as it is (``instance_norm``), in turn within each round, with the same-round ratios.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from bench_condense import CLASSES, FIVE_ESTIMATORS, MODES, REAL_PER_CLASS, WIDT
 from poisonbook import condense, models
 from poisonbook.condense import _core, _dm
 from poisonbook.condense._core import _chunk, _compiled, _embed, _embed_pieces, _layout
-from poisonbook.condense._norm import fast_norms, instance_norm
+from poisonbook.condense._norm import instance_norm
 from timing import gemm_gflops, interleaved_seconds, ratio_spread
 
 IPC = 10
@@ -101,11 +100,11 @@ def _instance_norm(device: torch.device, repeats: int) -> dict:
 
 
 @contextlib.contextmanager
-def _instance_norms():
-    """``dm`` with ``condense._norm.fast_norms`` applied to its channels-last networks (not the default yet)."""
+def _pytorch_norms():
+    """``dm`` as before ``condense._norm``: its channels-last networks keep PyTorch's ``GroupNorm``."""
     layout = _dm._net_layout  # the name dm's loop calls
-    _dm._net_layout = lambda network, channels_last: (fast_norms(layout(network, True)) if channels_last
-                                                      else network)
+    _dm._net_layout = lambda network, channels_last: (network.to(memory_format=torch.channels_last)
+                                                      if channels_last else network)
     try:
         yield
     finally:
@@ -124,13 +123,13 @@ def _before_after(x, y, stats, device, repeats) -> dict:
     def five():
         condense.dm_multi(x, y, 10, [dict(estimator=e) for e in ests], **kw)
 
-    def after(fn):
+    def before(fn):
         def run():
-            with _instance_norms():
+            with _pytorch_norms():
                 fn()
         return run
 
-    runs = {"one_group_norm": one, "five_group_norm": five, "one": after(one), "five": after(five)}
+    runs = {"one_group_norm": before(one), "five_group_norm": before(five), "one": one, "five": five}
     for fn in runs.values():
         fn()
     t = interleaved_seconds(runs, device, repeats)

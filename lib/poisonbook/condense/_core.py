@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from .. import checks, models
 from ..cache import Checkpoint, fingerprint
 from ..data import ClassSampler
+from ._norm import fast_norms
 
 #: (outer_loop, inner_loop) of DC/DSA by images per class (authors' code). ``outer_loop`` is the
 #: number of synthetic-image updates per network initialisation (the paper's inner loop T);
@@ -421,8 +422,10 @@ def _layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 def _net_layout(network: nn.Module, channels_last: bool) -> nn.Module:
-    """The network with its 4-D weights in channels-last memory (values unchanged), when asked for."""
-    return network.to(memory_format=torch.channels_last) if channels_last else network
+    """The network with its 4-D weights in channels-last memory (values unchanged) and its instance norms
+    computed by :func:`~poisonbook.condense._norm.instance_norm` (PyTorch's channels-last ``group_norm`` is
+    slow there, see that module), when asked for."""
+    return fast_norms(network.to(memory_format=torch.channels_last)) if channels_last else network
 
 
 #: Rows per piece of a large batch on a CPU (``chunk="auto"`` of :func:`dm`, :func:`dc`). At width 128 the

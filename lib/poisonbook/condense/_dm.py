@@ -141,7 +141,8 @@ def dm_multi(x: torch.Tensor, y: torch.Tensor, ipc: int, variants: Sequence[DMVa
     the others in the batch); a variant with its own ``x`` needs one (no batch norm). One checkpoint holds
     all variants; its key holds every variant's estimator key, data fingerprint and init seed.
     ``callback(iteration, images_list, losses_list)``; ``on_estimate(variant, iteration, idx, features,
-    estimate, dropped)`` as in :func:`dm` with the variant's index first.
+    estimate, dropped)`` as in :func:`dm` with the variant's index first (variants that changed no class get
+    the same ``features`` tensor: read it, do not write to it).
     """
     where = "condense.dm_multi"
     if isinstance(variants, (DMVariant, dict)) or not len(variants):
@@ -338,7 +339,7 @@ def _real_features(embed, network, xs_all, own, idx, classes, n, y_real, mean, s
     base = f[:classes * n].view(classes, n, -1)
     out, row = [], classes * n
     for cs in own:
-        fk = base.clone() if len(own) > 1 else base
+        fk = base.clone() if cs else base  # variants that changed no class share the clean features (read only)
         for c in cs:
             fk[c] = f[row:row + n]
             row += n
