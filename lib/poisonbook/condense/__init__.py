@@ -34,16 +34,16 @@ uninterrupted run. Tensors stay on the device of the real images ``x``.
 
 Speed. :func:`dm` embeds the real batch without autograd and in channels-last memory (optionally
 ``torch.compile``-d), where the ConvNet's instance norms run as ``_norm.instance_norm`` (PyTorch's
-channels-last ``group_norm`` is slow there and less accurate); on a CPU every large batch goes through the network in cache-sized pieces
-(``chunk``, :data:`CPU_CHUNK`); :func:`dm_multi` condenses several synthetic sets against one real pass
-(common random numbers); :func:`dc` can batch its per-class real gradients (``batch_classes``) and compile
-the passes that need only first derivatives (``compile``). Results equal
+channels-last ``group_norm`` is slow there and less accurate); on a CPU every large batch goes through the
+network in cache-sized pieces (``chunk``, :data:`CPU_CHUNK`); :func:`dm_multi` condenses several synthetic
+sets against one real pass (common random numbers); :func:`dc` can batch its per-class real gradients
+(``batch_classes``) and compile the passes that need only first derivatives (``compile``). Results equal
 the plain eager path up to float rounding (``tests/test_condense_fast.py``; timings in
 ``benchmarks/bench_condense.py``).
 
 Modules: ``_core`` (defaults, losses, results, run machinery), ``_norm`` (the channels-last instance
-norm), ``_dm`` (DM), ``_dc`` (DC, DSA),
-``_guard`` (GUARD), ``_evaluate`` (baseline and evaluation); every public name is re-exported here.
+norm), ``_dm`` (DM), ``_dc`` (DC, DSA), ``_guard`` (GUARD), ``_evaluate`` (baseline and evaluation); every
+public name is re-exported here.
 """
 
 from ._core import (CPU_CHUNK, DC_DEFAULTS, DC_LOOPS, DM_DEFAULTS, EVAL_DEFAULTS, INITS, Condensed, Estimator,
