@@ -28,7 +28,8 @@ seconds drift; same-run ratios are what counts.
 * The limit: GFLOPS of the real forward pass (2,560 images, the convolutions' multiply-adds x 2) for
   each layout, whole and in pieces, eager and compiled, against a 2048^3 fp32 GEMM and a bf16 GEMM measured in
   the same run, and the bf16 real forward (autocast: channels-last, channels-first, compiled channels-last in
-  pieces) with its relative error on the features.
+  pieces) with its relative error on the features; the bf16 cases only where a 512^3 bf16 GEMM outruns the fp32 one
+  (both recorded), since a CPU without bf16 units runs them 15-20x slower than fp32 (hours).
 * The group-norm kernel: forward and input backward of the ConvNet's instance norm (PyTorch's ``GroupNorm``) on a
   piece of 16 images (128 x 32 x 32) in each memory layout (why DC defaults to channels-first), and its forward on
   a bf16 input under autocast. ``condense._norm`` has a channels-last instance norm that is faster there and
@@ -92,8 +93,13 @@ def _timed_first(fn) -> float:
 def _limit(c, s, device, repeats) -> dict:
     """GFLOPS of the real forward (each layout) against a GEMM and a bf16 GEMM measured now."""
 
-    def gemms() -> tuple[float, float]:
-        return gemm_gflops(device, repeats), gemm_gflops(device, repeats, torch.bfloat16)
+    # A CPU without bf16 units (no AVX512-BF16 or AMX; a 2-core AMD EPYC with AVX2 ran a bf16 GEMM at 0.3-1.2
+    # GFLOPS, its bf16 forward 17x slower than fp32) would spend hours on the bf16 cases: a small probe decides.
+    probe = {dtype: round(gemm_gflops(device, repeats, dtype, n=512), 1) for dtype in (torch.float32, torch.bfloat16)}
+    with_bf16 = probe[torch.bfloat16] > probe[torch.float32]
+
+    def gemms() -> tuple[float, float | None]:
+        return gemm_gflops(device, repeats), gemm_gflops(device, repeats, torch.bfloat16) if with_bf16 else None
 
     before = gemms()  # measured again after the forwards; the faster of the two counts (a shared machine)
     torch.manual_seed(0)
@@ -120,14 +126,18 @@ def _limit(c, s, device, repeats) -> dict:
         bf16 = {"channels_last": lambda: netc.embed(xc), "channels_first": lambda: net.embed(x),
                 f"compiled_channels_last_pieces_of_{k}":
                     lambda: torch.cat([compiled(xc[i:i + k]) for i in range(0, len(xc), k)])}
-        for name, fn in bf16.items():
+        for name, fn in bf16.items() if with_bf16 else ():
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 err = float((fn().float() - ref).abs().max() / ref.abs().max())
                 t = best_seconds(fn, device, repeats)
             out[f"forward_bf16_autocast_{name}"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1),
                                                     "max_rel_error": round(err, 5)}
-    gemm, gemm_bf16 = (max(g) for g in zip(before, gemms()))
-    out.update(gemm_fp32_gflops=round(gemm, 1), gemm_bf16_gflops=round(gemm_bf16, 1))
+    after = gemms()
+    gemm, gemm_bf16 = max(before[0], after[0]), max(before[1], after[1]) if with_bf16 else None
+    out.update(gemm_fp32_gflops=round(gemm, 1), gemm_bf16_gflops=round(gemm_bf16, 1) if with_bf16 else None,
+               gemm_512_gflops={"fp32": probe[torch.float32], "bf16": probe[torch.bfloat16]})
+    if not with_bf16:
+        out["bf16_skipped"] = "the 512^3 bf16 GEMM ran slower than fp32 here (a CPU without bf16 units)"
     out["forward_fraction_of_gemm"] = round(out["forward_channels_last"]["gflops"] / gemm, 3)
     out["forward_pieces_fraction_of_gemm"] = round(out[f"forward_channels_last_pieces_of_{k}"]["gflops"] / gemm, 3)
     out["mkldnn"] = {"available": torch.backends.mkldnn.is_available(), "enabled": torch.backends.mkldnn.enabled,
