@@ -133,8 +133,9 @@ def _limit(c, s, device, repeats) -> dict:
             out[f"forward_bf16_autocast_{name}"] = {"seconds": round(t, 3), "gflops": round(flops / t / 1e9, 1),
                                                     "max_rel_error": round(err, 5)}
     after = gemms()
-    gemm, gemm_bf16 = max(before[0], after[0]), max(before[1], after[1]) if with_bf16 else None
-    out.update(gemm_fp32_gflops=round(gemm, 1), gemm_bf16_gflops=round(gemm_bf16, 1) if with_bf16 else None,
+    gemm = max(before[0], after[0])
+    out.update(gemm_fp32_gflops=round(gemm, 1),
+               gemm_bf16_gflops=round(max(before[1], after[1]), 1) if with_bf16 else None,
                gemm_512_gflops={"fp32": probe[torch.float32], "bf16": probe[torch.bfloat16]})
     if not with_bf16:
         out["bf16_skipped"] = "the 512^3 bf16 GEMM ran slower than fp32 here (a CPU without bf16 units)"
