@@ -35,7 +35,8 @@ uninterrupted run. Tensors stay on the device of the real images ``x``.
 Speed. :func:`dm` embeds the real batch without autograd and in channels-last memory (optionally
 ``torch.compile``-d), where the ConvNet's instance norms run as ``_norm.instance_norm`` (PyTorch's
 channels-last ``group_norm`` is slow there and less accurate); on a CPU every large batch goes through the
-network in cache-sized pieces (``chunk``, :data:`CPU_CHUNK`); :func:`dm_multi` condenses several synthetic
+network in pieces (``chunk``, :data:`CPU_CHUNK`: mostly so that glibc reuses their memory instead of mapping it
+afresh, with a page fault per page, at every pass); :func:`dm_multi` condenses several synthetic
 sets against one real pass (common random numbers); :func:`dc` can batch its per-class real gradients
 (``batch_classes``) and compile the passes that need only first derivatives (``compile``). Results equal
 the plain eager path up to float rounding (``tests/test_condense_fast.py``; timings in

@@ -429,11 +429,13 @@ def _net_layout(network: nn.Module, channels_last: bool) -> nn.Module:
 
 
 #: Rows per piece of a large batch on a CPU (``chunk="auto"`` of :func:`dm`, :func:`dc`). At width 128 the
-#: ConvNet's first feature map is 512 KB per image; the norm, ReLU and pooling after each convolution read and
-#: write the whole map, and a batch of 2,560 images (1.3 GB) streams it through memory each time, where 16
-#: images' (8 MB) stay in the last-level cache. On 2 AMD EPYC cores the real forward pass runs 2x faster in
-#: pieces of 16 and the per-class real gradient 1.5x (``benchmarks/bench_condense.py``). A GPU takes whole
-#: batches ("auto" is None there).
+#: ConvNet's first feature map is 512 KB per image: 1.3 GB for DM's 2,560 real images, 134 MB for a DC class
+#: batch of 256, 8 MB for 16 images. Most of what the pieces gain is the allocator: glibc maps every block above
+#: its mmap threshold (at most 32 MiB) afresh and unmaps it when freed, so a whole batch's maps cost a minor page
+#: fault per 4 KB page at every pass (1.6 million per eager DM iteration), while 8 MB pieces come back from the
+#: heap; the rest is the cache (the norm, ReLU and pooling reread each map). On 2 AMD EPYC cores, DM's default
+#: path ran 3.2x the eager one under glibc's default and 1.1x with ``MALLOC_MMAP_THRESHOLD_`` raised before Python
+#: starts (``benchmarks/bench_allocator.py``). A GPU takes whole batches ("auto" is None there).
 CPU_CHUNK = 16
 
 

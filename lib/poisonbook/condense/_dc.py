@@ -47,7 +47,7 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
     mean cross-entropy): exact, up to float rounding, for the default ``real_loss`` and a network
     without batch norm (the ConvNet's instance norm is per sample); other cases keep the loop. It pays
     where many small kernels cost more than their arithmetic (a GPU); on a CPU the loop over classes, in
-    cache-sized pieces (``chunk``), is faster, and ``vmap``'s grouped convolutions are slower
+    pieces (``chunk``), is faster, and ``vmap``'s grouped convolutions are slower
     (``benchmarks/bench_condense.py``), so it is off by default (it takes whole batches). ``channels_last``:
     the network and images in channels-last memory (same results up to float rounding). Off by default, unlike
     :func:`dm`: every pass of DC needs gradients, and on a CPU PyTorch's group-norm backward in channels-last
@@ -55,8 +55,9 @@ def dc(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 1_000, l
     convolutions gain; DC's and GUARD's iterations were faster channels-first (``benchmarks/bench_condense.py``).
     ``chunk``: every mean loss over a batch (the real loss of a class, the synthetic loss, a training
     batch) is differentiated in pieces of this many images, ``sum_k (n_k / n) grad loss(piece_k)``, so that
-    each piece's feature maps stay in the CPU's cache (``"auto"``: ``condense.CPU_CHUNK`` = 16 on a CPU,
-    whole batches on a GPU; None: whole batches). The gradients are the same up to float rounding for a
+    each piece's feature maps are reused from the heap, not mapped afresh with a page fault per page
+    (:data:`~poisonbook.condense.CPU_CHUNK`), and stay in the CPU's cache (``"auto"``: ``condense.CPU_CHUNK`` = 16
+    on a CPU, whole batches on a GPU; None: whole batches). The gradients are the same up to float rounding for a
     per-sample network and a ``real_loss`` that is a mean of per-image terms (``real_loss.rowwise_mean``:
     the cross-entropy and GUARD's :class:`CurvatureLoss`); other losses and batch-norm networks keep whole
     batches. ``compile=True`` runs the network's forward pass through ``torch.compile`` (fused kernels for

@@ -76,7 +76,8 @@ def dm(x: torch.Tensor, y: torch.Tensor, ipc: int, *, iterations: int = 20_000, 
     part of ``seconds``; it pays only in long runs where the compiled kernels are faster, see
     ``benchmarks/bench_condense.py``). ``chunk``: the real and the synthetic batch go through the network in
     pieces of this many images (``"auto"``: ``condense.CPU_CHUNK`` = 16 on a CPU, whole batches on a GPU;
-    None: whole batches), so that each piece's feature maps stay in the CPU's cache; the features are the
+    None: whole batches), so that each piece's feature maps are reused from the heap, not mapped afresh with a
+    page fault per page (:data:`CPU_CHUNK`), and stay in the CPU's cache; the features are the
     same (the network is per sample; with batch norm the batches stay whole). ``estimator_seed``: None
     (default) lets a randomised estimator draw from the run's generator; an int gives it its own generator seeded with it, so the run's
     network, batch and augmentation draws do not depend on the estimator. ``init_seed``: None (default)
