@@ -17,8 +17,9 @@ variables when the process starts):
 
 In each process the modes of ``bench_condense`` (eager channels-first, the default, compiled) are timed in turn,
 round by round (``repeats`` rounds, after one untimed call each, which compiles): a DM iteration (ipc 10, 28x28x1,
-width 128, ``dm``'s default DSA strategy, 10 classes x 256 real images), DC's match step (one image update of all classes) and network
-epoch, and DC's outer iteration extrapolated from them at loops (10, 50) as in ``bench_condense``. Each mode's
+width 128, ``dm``'s default DSA strategy, 10 classes x 256 real images), DC's match step (one image update of all
+classes) and network epoch, and DC's outer iteration extrapolated from them at loops (10, 50) as in
+``bench_condense``. Each mode's
 minor page faults are counted over one further call. Ratios are to the eager path in the same process and round;
 the two processes run minutes apart, so a ratio across them (``eager_no_mmap_speedup``) mixes two loads.
 """
@@ -84,16 +85,18 @@ def _child(device: str, repeats: int) -> dict:
 def run(device: torch.device, repeats: int = 5) -> dict:
     out: dict = {"settings": SETTINGS, "ipc": IPC, "dc_loops": list(condense.DC_LOOPS[IPC])}
     ctx = multiprocessing.get_context("spawn")
-    saved = dict(os.environ)
+    saved = {k: os.environ.pop(k, None) for k in SETTINGS["no_mmap"]}  # glibc_default: neither variable set
     try:
         for setting, env in SETTINGS.items():
-            os.environ.clear()
-            os.environ.update({k: v for k, v in saved.items() if k not in SETTINGS["no_mmap"]}, **env)
+            os.environ.update(env)
             with ctx.Pool(1) as pool:  # the child inherits this environment at its start
                 out[setting] = pool.apply(_child, (str(device), repeats))
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     for case in ("dm", "dc_iteration"):
         out.setdefault("eager_no_mmap_speedup", {})[case] = round(
             out["glibc_default"][case]["eager_channels_first"]["seconds"]
